@@ -1,0 +1,30 @@
+# Two commands on a fresh machine:  `make train` (the main job, embedded default) and `make test`.
+# Both set everything up first, idempotently, in ./.venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.vjepa_fast-installed
+
+.PHONY: setup train test bench extract-demo
+
+setup: $(STAMP)
+
+$(STAMP): setup.py pyproject.toml $(wildcard csrc/*)
+	@ldconfig -p 2>/dev/null | grep -q libavcodec || command -v ffmpeg >/dev/null || { \
+	  echo "installing FFmpeg (torchcodec needs its shared libraries)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq ffmpeg; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq ffmpeg; fi; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q torch==2.13.0 triton==3.7.1 torchcodec==0.13.0 pybind11 ninja numpy
+	$(PY) -m pip install -q -e ".[test]" --no-build-isolation
+	@touch $@
+
+train: setup
+	$(PY) -m vjepa_fast.extract --demo --out outputs/demo_features.safetensors
+
+test: setup
+	$(PY) -m pytest tests -q
+
+bench: setup
+	$(PY) -m pytest benchmarks --benchmark-only -q

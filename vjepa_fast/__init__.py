@@ -1,0 +1,5 @@
+"""vjepa_fast: a fast, faithful V-JEPA 2 (encoder, predictor, training, planning)."""
+from vjepa_fast.config import PRESETS, VJEPA2Config
+from vjepa_fast.model import VJEPA2Model, VJEPA2Output, PredictorOutput
+
+__all__ = ["PRESETS", "VJEPA2Config", "VJEPA2Model", "VJEPA2Output", "PredictorOutput"]

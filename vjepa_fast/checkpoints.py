@@ -1,0 +1,272 @@
+"""Checkpoint formats: transformers (HF) <-> Meta's .pt <-> ours, all loaded strictly.
+
+Our encoder/predictor keep one fused qkv Linear per block and the tubelet embedding in the
+Conv3d weight layout, so every format maps onto ours by renaming, splitting qkv into
+query/key/value (HF) and stacking mask tokens.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from vjepa_fast.config import VJEPA2Config
+
+# Block sub-module names: ours -> HF -> Meta.
+_HF_BLOCK = {"norm1": "norm1", "proj": "attention.proj", "norm2": "norm2", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+_META_BLOCK = {"norm1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "norm2": "norm2", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+_HF_TOP = {
+    "encoder.patch_weight": "encoder.embeddings.patch_embeddings.proj.weight",
+    "encoder.patch_bias": "encoder.embeddings.patch_embeddings.proj.bias",
+    "encoder.norm": "encoder.layernorm",
+    "predictor.embed": "predictor.embeddings.predictor_embeddings",
+    "predictor.mask_tokens": "predictor.embeddings.mask_tokens",
+    "predictor.norm": "predictor.layernorm",
+    "predictor.proj": "predictor.proj",
+}
+_META_TOP = {
+    "encoder.patch_weight": "patch_embed.proj.weight",
+    "encoder.patch_bias": "patch_embed.proj.bias",
+    "encoder.norm": "norm",
+    "predictor.embed": "predictor_embed",
+    "predictor.norm": "predictor_norm",
+    "predictor.proj": "predictor_proj",
+}
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def _split(key: str) -> tuple[str, str]:
+    """'encoder.blocks.3.qkv.weight' -> ('encoder.blocks.3.qkv', 'weight'); parameters without a
+    suffix ('encoder.patch_weight') come back with an empty suffix."""
+    if key.endswith((".weight", ".bias")) and key.rsplit(".", 2)[-2] not in ("encoder", "predictor"):
+        head, suffix = key.rsplit(".", 1)
+        return head, suffix
+    return key, ""
+
+
+def hf_names(key: str) -> list[str]:
+    """The HF state-dict keys that make up one of ours (three for a fused qkv)."""
+    head, suffix = _split(key)
+    end = f".{suffix}" if suffix else ""
+    if head in _HF_TOP:
+        return [_HF_TOP[head] + end]
+    part, _, i, name = head.split(".")  # e.g. encoder.blocks.3.qkv
+    prefix = f"{part}.layer.{i}."
+    if name == "qkv":
+        return [f"{prefix}attention.{n}{end}" for n in ("query", "key", "value")]
+    return [prefix + _HF_BLOCK[name] + end]
+
+
+def meta_name(key: str) -> str:
+    """The Meta key (without module./backbone. prefixes) of one of ours; mask tokens excepted."""
+    head, suffix = _split(key)
+    end = f".{suffix}" if suffix else ""
+    if head in _META_TOP:
+        return _META_TOP[head] + end
+    part, _, i, name = head.split(".")
+    blocks = "blocks" if part == "encoder" else "predictor_blocks"
+    return f"{blocks}.{i}.{_META_BLOCK[name]}{end}"
+
+
+def _strict_collect(ours: dict[str, Tensor], names: dict[str, list[str]], source: dict[str, Tensor],
+                    what: str) -> dict[str, list[Tensor]]:
+    wanted = {n for ns in names.values() for n in ns}
+    missing = sorted(wanted - source.keys())
+    unexpected = sorted(source.keys() - wanted)
+    if missing or unexpected:
+        raise CheckpointError(f"{what} does not match the model: missing keys {missing[:20]}"
+                              f"{' ...' if len(missing) > 20 else ''}; unexpected keys {unexpected[:20]}"
+                              f"{' ...' if len(unexpected) > 20 else ''}")
+    return {k: [source[n] for n in ns] for k, ns in names.items()}
+
+
+def _load_into(model: torch.nn.Module, state: dict[str, Tensor], what: str) -> None:
+    expected = model.state_dict()
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise CheckpointError(f"{what}: {k} has shape {tuple(v.shape)}, the model expects {tuple(expected[k].shape)}")
+    model.load_state_dict(state, strict=True)
+
+
+def hf_to_ours(model: torch.nn.Module, hf: dict[str, Tensor], what: str = "checkpoint") -> dict[str, Tensor]:
+    names = {k: hf_names(k) for k in model.state_dict()}
+    parts = _strict_collect(model.state_dict(), names, hf, what)
+    out = {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in parts.items()}
+    mask = out["predictor.mask_tokens"]
+    out["predictor.mask_tokens"] = mask.reshape(mask.shape[0], mask.shape[-1])
+    return out
+
+
+def ours_to_hf(model: torch.nn.Module) -> dict[str, Tensor]:
+    out = {}
+    for k, v in model.state_dict().items():
+        names = hf_names(k)
+        if k == "predictor.mask_tokens":
+            v = v.reshape(v.shape[0], 1, 1, v.shape[1])  # HF stacks them as (n, 1, 1, D)
+        for name, piece in zip(names, v.chunk(len(names))):
+            out[name] = piece.contiguous()
+    return out
+
+
+def read_safetensors_dir(directory: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            state.update(load_file(directory / shard))
+        return state
+    single = directory / "model.safetensors"
+    if single.exists():
+        return load_file(single)
+    raise CheckpointError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+
+
+def resolve(path_or_hub_id: str) -> Path:
+    path = Path(path_or_hub_id)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path}: expected a checkpoint directory (config.json + model.safetensors); "
+                              "for Meta's .pt files use from_meta_checkpoint")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(f"{path_or_hub_id!r} is not a directory, and huggingface_hub is not installed "
+                              "to download it as a hub id") from None
+    try:
+        return Path(snapshot_download(path_or_hub_id, allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as e:  # offline, unknown repo, ...: say what was tried
+        raise CheckpointError(f"{path_or_hub_id!r} is not a local directory and could not be downloaded "
+                              f"from the Hugging Face hub: {e}") from e
+
+
+def load_pretrained(cls, path_or_hub_id: str, rope_grid: str | None = None, prefix: str = ""):
+    directory = resolve(path_or_hub_id)
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise CheckpointError(f"{directory}: config.json is missing")
+    config = VJEPA2Config.from_hf_dict(json.loads(config_path.read_text()))
+    if rope_grid is not None:
+        config.rope_grid = rope_grid
+        config.__post_init__()
+    state = read_safetensors_dir(directory)
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    with torch.device("meta"):
+        model = cls(config)
+    model = model.to_empty(device="cpu")
+    _load_into(model, hf_to_ours(model, state, str(directory)), str(directory))
+    return model
+
+
+def atomic_write(path: Path, write) -> None:
+    """write(tmp_path) then rename over path, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def save_pretrained(model, directory: str) -> None:
+    """config.json + model.safetensors that transformers' VJEPA2Model.from_pretrained reads."""
+    from safetensors.torch import save_file
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in ours_to_hf(model).items()}
+    atomic_write(directory / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
+    text = json.dumps(model.config.to_hf_dict(), indent=2)
+    atomic_write(directory / "config.json", lambda p: Path(p).write_text(text))
+
+
+# ---- Meta's .pt format ----------------------------------------------------------------------
+
+_META_HEADS = {1024: 16, 1280: 16, 1408: 22}  # released widths -> heads (not recoverable from shapes)
+
+
+def strip_meta_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "backbone."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def infer_meta_config(encoder: dict[str, Tensor], predictor: dict[str, Tensor]) -> VJEPA2Config:
+    """A config from the shapes of a Meta checkpoint (head counts from the released widths)."""
+    D, _, t, p, _ = encoder["patch_embed.proj.weight"].shape
+    if D not in _META_HEADS:
+        raise CheckpointError(f"encoder width {D} is not a released one ({sorted(_META_HEADS)}): "
+                              "pass config= to say how many heads it has")
+    Dp = predictor["predictor_embed.weight"].shape[0]
+    count = lambda sd, prefix: len({k.split(".")[1] for k in sd if k.startswith(prefix + ".")})
+    return VJEPA2Config(
+        patch_size=p, tubelet_size=t, hidden_size=D, num_attention_heads=_META_HEADS[D],
+        num_hidden_layers=count(encoder, "blocks"), mlp_ratio=encoder["blocks.0.mlp.fc1.weight"].shape[0] / D,
+        pred_hidden_size=Dp, pred_num_attention_heads=Dp // 32, pred_num_hidden_layers=count(predictor, "predictor_blocks"),
+        pred_mlp_ratio=predictor["predictor_blocks.0.mlp.fc1.weight"].shape[0] / Dp,
+        pred_num_mask_tokens=count(predictor, "mask_tokens"))
+
+
+def meta_to_ours(model: torch.nn.Module, encoder: dict[str, Tensor], predictor: dict[str, Tensor],
+                 what: str) -> dict[str, Tensor]:
+    source = {f"encoder.{k}": v for k, v in encoder.items()}
+    source.update({f"predictor.{k}": v for k, v in predictor.items()})
+    n_mask = model.config.pred_num_mask_tokens
+    names = {}
+    for k in model.state_dict():
+        if k == "predictor.mask_tokens":
+            names[k] = [f"predictor.mask_tokens.{i}" for i in range(n_mask)]
+        else:
+            names[k] = [f"{k.split('.')[0]}.{meta_name(k)}"]
+    parts = _strict_collect(model.state_dict(), names, source, what)
+    out = {k: v[0] for k, v in parts.items() if k != "predictor.mask_tokens"}
+    out["predictor.mask_tokens"] = torch.stack([m.reshape(-1) for m in parts["predictor.mask_tokens"]])
+    return out
+
+
+def load_meta_checkpoint(cls, path: str, config: VJEPA2Config | None, encoder_key: str):
+    if encoder_key not in ("encoder", "target_encoder"):
+        raise ValueError(f"encoder_key must be 'encoder' or 'target_encoder', got {encoder_key!r}")
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    for key in (encoder_key, "predictor"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: no {key!r} entry (found {sorted(ckpt)})")
+    encoder, predictor = strip_meta_prefix(ckpt[encoder_key]), strip_meta_prefix(ckpt["predictor"])
+    if config is None:
+        config = infer_meta_config(encoder, predictor)
+    with torch.device("meta"):
+        model = cls(config)
+    model = model.to_empty(device="cpu")
+    _load_into(model, meta_to_ours(model, encoder, predictor, path), path)
+    return model
+
+
+def ours_to_meta(model: torch.nn.Module, prefix: str = "module.backbone.") -> tuple[dict, dict]:
+    """(encoder, predictor) state dicts in Meta's layout."""
+    encoder, predictor = {}, {}
+    for k, v in model.state_dict().items():
+        part = k.split(".")[0]
+        if k == "predictor.mask_tokens":
+            for i, m in enumerate(v):
+                predictor[f"{prefix}mask_tokens.{i}"] = m.reshape(1, 1, -1).clone()
+        else:
+            (encoder if part == "encoder" else predictor)[prefix + meta_name(k)] = v.clone()
+    return encoder, predictor

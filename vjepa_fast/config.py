@@ -1,0 +1,125 @@
+"""Model configuration: one dataclass, presets named after the released checkpoints.
+
+Field names follow transformers' `VJEPA2Config` so that a `config.json` written by either
+library reads in the other. Two fields are ours:
+  rope_mode  "tile" (V-JEPA 2 weights; written to config.json as use_rope_interleave=False)
+             or "interleave" (V-JEPA 2.1).
+  rope_grid  "config": decode token positions on the crop grid `crop_size // patch_size`, as
+             transformers does whatever the input size; "input": on the real input grid, as
+             Meta's encoder does.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+ROPE_MODES = ("tile", "interleave")
+ROPE_GRIDS = ("config", "input")
+
+
+@dataclass
+class VJEPA2Config:
+    patch_size: int = 16
+    crop_size: int = 256
+    frames_per_clip: int = 64
+    tubelet_size: int = 2
+    in_chans: int = 3
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    mlp_ratio: float = 4.0
+    layer_norm_eps: float = 1e-6
+    qkv_bias: bool = True
+    hidden_act: str = "gelu"
+    initializer_range: float = 0.02
+    pred_hidden_size: int = 384
+    pred_num_hidden_layers: int = 12
+    pred_num_attention_heads: int = 12
+    pred_mlp_ratio: float = 4.0
+    pred_num_mask_tokens: int = 10
+    pred_zero_init_mask_tokens: bool = True
+    num_pooler_layers: int = 3
+    rope_mode: str = "tile"
+    rope_grid: str = "config"
+
+    def __post_init__(self):
+        for name in ("patch_size", "crop_size", "frames_per_clip", "tubelet_size", "in_chans",
+                     "hidden_size", "num_hidden_layers", "num_attention_heads", "pred_hidden_size",
+                     "pred_num_hidden_layers", "pred_num_attention_heads", "pred_num_mask_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"VJEPA2Config.{name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"VJEPA2Config.hidden_size ({self.hidden_size}) must be divisible by "
+                             f"num_attention_heads ({self.num_attention_heads})")
+        if self.pred_hidden_size % self.pred_num_attention_heads:
+            raise ValueError(f"VJEPA2Config.pred_hidden_size ({self.pred_hidden_size}) must be divisible "
+                             f"by pred_num_attention_heads ({self.pred_num_attention_heads})")
+        if self.crop_size % self.patch_size:
+            raise ValueError(f"VJEPA2Config.crop_size ({self.crop_size}) must be a multiple of "
+                             f"patch_size ({self.patch_size})")
+        if self.hidden_act not in ("gelu",):
+            raise ValueError(f"VJEPA2Config.hidden_act must be 'gelu' (exact erf GELU), got {self.hidden_act!r}")
+        if self.rope_mode not in ROPE_MODES:
+            raise ValueError(f"VJEPA2Config.rope_mode must be one of {ROPE_MODES}, got {self.rope_mode!r}")
+        if self.rope_grid not in ROPE_GRIDS:
+            raise ValueError(f"VJEPA2Config.rope_grid must be one of {ROPE_GRIDS}, got {self.rope_grid!r}")
+
+    @property
+    def grid_size(self) -> int:
+        return self.crop_size // self.patch_size
+
+    @property
+    def mlp_hidden_size(self) -> int:
+        return int(self.hidden_size * self.mlp_ratio)
+
+    @property
+    def pred_mlp_hidden_size(self) -> int:
+        return int(self.pred_hidden_size * self.pred_mlp_ratio)
+
+    @classmethod
+    def from_name(cls, name: str) -> "VJEPA2Config":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        return cls(**PRESETS[name])
+
+    def to_hf_dict(self) -> dict:
+        """The config.json that transformers' VJEPA2Model reads."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name not in ("rope_mode", "rope_grid")}
+        d["use_rope_interleave"] = self.rope_mode == "interleave"
+        d["model_type"] = "vjepa2"
+        d["architectures"] = ["VJEPA2Model"]
+        return d
+
+    @classmethod
+    def from_hf_dict(cls, d: dict) -> "VJEPA2Config":
+        """Reads a transformers config.json; keys this model does not use are ignored."""
+        if d.get("model_type", "vjepa2") != "vjepa2":
+            raise ValueError(f"config.json: model_type must be 'vjepa2', got {d['model_type']!r}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"rope_mode", "rope_grid"}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        if isinstance(kwargs.get("patch_size"), (list, tuple)):
+            sizes = set(kwargs["patch_size"])
+            if len(sizes) != 1:
+                raise ValueError(f"config.json: only square patches are supported, got {d['patch_size']}")
+            kwargs["patch_size"] = sizes.pop()
+        kwargs["rope_mode"] = "interleave" if d.get("use_rope_interleave", False) else "tile"
+        return cls(**kwargs)
+
+
+_VITG = dict(hidden_size=1408, num_hidden_layers=40, num_attention_heads=22, mlp_ratio=48 / 11)
+
+PRESETS: dict[str, dict] = {
+    "vitl": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
+    "vith": dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16),
+    "vitg": dict(_VITG),
+    "vitg-384": dict(_VITG, crop_size=384),
+    # Small shapes for CPU work: the released layouts (head dim 64) at a fraction of the cost.
+    "tiny": dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, crop_size=64,
+                 frames_per_clip=8, pred_hidden_size=96, pred_num_hidden_layers=2,
+                 pred_num_attention_heads=3),
+    "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, crop_size=128,
+                  frames_per_clip=16, pred_hidden_size=192, pred_num_hidden_layers=6,
+                  pred_num_attention_heads=6),
+}

@@ -1,0 +1,271 @@
+"""The V-JEPA 2 encoder (a pre-norm ViT with 3D RoPE) and the mask-token predictor."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from vjepa_fast.config import VJEPA2Config
+from vjepa_fast.ops.rope import Rope, make_rope, token_positions
+from vjepa_fast.ops.rope_attention import rope_attention
+from vjepa_fast.ops.tubelet_embed import tubelet_embed
+
+
+class Block(nn.Module):
+    """x += proj(attn(rope(q), rope(k), v)) on LN1(x); x += fc2(gelu(fc1(LN2(x))))."""
+
+    def __init__(self, dim: int, heads: int, mlp_hidden: int, eps: float, qkv_bias: bool):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.fc1 = nn.Linear(dim, mlp_hidden)
+        self.fc2 = nn.Linear(mlp_hidden, dim)
+
+    def forward(self, x: Tensor, rope: Rope) -> Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(self.norm1(x)).view(B, N, 3, self.heads, D // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, hd)
+        a = rope_attention(q, k, v, rope)  # (B, heads, N, hd)
+        x = x + self.proj(a.transpose(1, 2).reshape(B, N, D))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+def run_blocks(blocks: nn.ModuleList, x: Tensor, rope: Rope, use_checkpointing: bool) -> Tensor:
+    for block in blocks:
+        if use_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(block, x, rope, use_reentrant=False)
+        else:
+            x = block(x, rope)
+    return x
+
+
+def init_weights(module: nn.Module, std: float, blocks: nn.ModuleList) -> None:
+    """Meta's initialisation: truncated normal linears, zero biases, unit LayerNorms, and each
+    block's output projections scaled by 1/sqrt(2 * layer) so deep residual streams start tame."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    with torch.no_grad():
+        for layer, block in enumerate(blocks, start=1):
+            block.proj.weight.div_(math.sqrt(2.0 * layer))
+            block.fc2.weight.div_(math.sqrt(2.0 * layer))
+
+
+def check_video(video: Tensor, config: VJEPA2Config, check_finite: bool = False) -> None:
+    if not isinstance(video, Tensor):
+        raise TypeError(f"pixel_values_videos must be a torch.Tensor, got {type(video).__name__}")
+    if video.dim() != 5:
+        raise ValueError("pixel_values_videos must have shape (batch, frames, channels, height, width), "
+                         f"got {video.dim()} dims {tuple(video.shape)}")
+    B, T, C, H, W = video.shape
+    if C != config.in_chans:
+        raise ValueError(f"pixel_values_videos must have {config.in_chans} channels in dim 2 "
+                         f"(batch, frames, channels, height, width), got shape {tuple(video.shape)}")
+    if H % config.patch_size or W % config.patch_size or H == 0 or W == 0:
+        raise ValueError(f"pixel_values_videos height and width must be positive multiples of "
+                         f"patch_size={config.patch_size}, got {H}x{W}")
+    if B == 0 or T == 0:
+        raise ValueError(f"pixel_values_videos must hold at least one clip of one frame, got {tuple(video.shape)}")
+    if not video.is_floating_point():
+        raise TypeError(f"pixel_values_videos must be a float tensor (normalised pixels), got {video.dtype}")
+    if check_finite and not torch.isfinite(video).all():
+        raise ValueError("pixel_values_videos contains NaN or inf")
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: VJEPA2Config):
+        super().__init__()
+        c = config
+        self.config = c
+        self.patch_weight = nn.Parameter(torch.empty(c.hidden_size, c.in_chans, c.tubelet_size, c.patch_size, c.patch_size))
+        self.patch_bias = nn.Parameter(torch.empty(c.hidden_size))
+        self.blocks = nn.ModuleList(
+            Block(c.hidden_size, c.num_attention_heads, c.mlp_hidden_size, c.layer_norm_eps, c.qkv_bias)
+            for _ in range(c.num_hidden_layers))
+        self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.gradient_checkpointing = False
+
+    def frames(self, video: Tensor) -> Tensor:
+        """An image or a clip shorter than a tubelet is repeated to one tubelet; a trailing
+        partial tubelet is dropped (what the strided Conv3d does)."""
+        t = self.config.tubelet_size
+        if video.shape[1] < t:
+            video = video.repeat(1, t, 1, 1, 1)
+        T = video.shape[1] - video.shape[1] % t
+        return video[:, :T]
+
+    def grid(self, video: Tensor) -> tuple[int, int, int]:
+        """(Tp, Hp, Wp) tubelets of a video already through `frames`."""
+        c = self.config
+        return video.shape[1] // c.tubelet_size, video.shape[3] // c.patch_size, video.shape[4] // c.patch_size
+
+    def position_grid(self, video: Tensor) -> tuple[int, int]:
+        """The (rows, cols) grid token indices are decoded on (see VJEPA2Config.rope_grid)."""
+        if self.config.rope_grid == "config":
+            return self.config.grid_size, self.config.grid_size
+        return self.grid(video)[1:]
+
+    def forward(self, video: Tensor, token_ids: Tensor | None = None) -> Tensor:
+        """(B, T, C, H, W) -> (B, N, D) after the final LayerNorm. With token_ids (B, K), only
+        those tokens are embedded and encoded (they attend only to each other): Meta's context encoder."""
+        video = self.frames(video)
+        Tp, Hp, Wp = self.grid(video)
+        x = tubelet_embed(video, self.patch_weight, self.patch_bias, token_ids)  # (B, N or K, D)
+        ids = torch.arange(Tp * Hp * Wp, device=x.device)[None] if token_ids is None else token_ids
+        rope = make_rope(token_positions(ids, *self.position_grid(video)),
+                         self.config.hidden_size // self.config.num_attention_heads, self.config.rope_mode)
+        x = run_blocks(self.blocks, x, rope, self.gradient_checkpointing)
+        return self.norm(x)
+
+
+class Predictor(nn.Module):
+    def __init__(self, config: VJEPA2Config):
+        super().__init__()
+        c = config
+        self.config = c
+        self.embed = nn.Linear(c.hidden_size, c.pred_hidden_size)
+        self.mask_tokens = nn.Parameter(torch.zeros(c.pred_num_mask_tokens, c.pred_hidden_size))
+        self.blocks = nn.ModuleList(
+            Block(c.pred_hidden_size, c.pred_num_attention_heads, c.pred_mlp_hidden_size, c.layer_norm_eps, c.qkv_bias)
+            for _ in range(c.pred_num_hidden_layers))
+        self.norm = nn.LayerNorm(c.pred_hidden_size, eps=c.layer_norm_eps)
+        self.proj = nn.Linear(c.pred_hidden_size, c.hidden_size)
+        self.gradient_checkpointing = False
+
+    def forward(self, context: Tensor, context_ids: Tensor, target_ids: Tensor,
+                grid: tuple[int, int], mask_index: int = 1) -> Tensor:
+        """context (B, Nc, D) encoder tokens at context_ids (B, Nc); predicts (B, Nt, D) at
+        target_ids (B, Nt). Attention has no mask, so token order does not matter and nothing is sorted."""
+        B, Nc, _ = context.shape
+        Nt = target_ids.shape[1]
+        mask_token = self.mask_tokens[mask_index % self.config.pred_num_mask_tokens]
+        x = torch.cat((self.embed(context), mask_token.expand(B, Nt, -1)), dim=1)  # (B, Nc+Nt, Dp)
+        ids = torch.cat((context_ids, target_ids), dim=1)
+        rope = make_rope(token_positions(ids, *grid),
+                         self.config.pred_hidden_size // self.config.pred_num_attention_heads, self.config.rope_mode)
+        x = run_blocks(self.blocks, x, rope, self.gradient_checkpointing)
+        return self.proj(self.norm(x[:, Nc:]))
+
+
+@dataclass
+class PredictorOutput:
+    last_hidden_state: Tensor      # (M*B, Nt, D) predictions at the target tokens
+    target_hidden_state: Tensor    # (M*B, Nt, D) encoder output gathered at the target tokens
+
+
+@dataclass
+class VJEPA2Output:
+    last_hidden_state: Tensor                       # (B, N, D) encoder output
+    masked_hidden_state: Tensor                     # (M*B, Nc, D) encoder output at the context tokens
+    predictor_output: PredictorOutput | None = None
+
+
+def gather_tokens(x: Tensor, masks: list[Tensor]) -> Tensor:
+    """(B, N, D) gathered at each (B, K) index tensor, concatenated over the list: (M*B, K, D)."""
+    return torch.cat([torch.gather(x, 1, m.unsqueeze(-1).expand(-1, -1, x.shape[-1])) for m in masks])
+
+
+def check_masks(name: str, masks, batch: int, num_tokens: int, device) -> list[Tensor]:
+    if isinstance(masks, Tensor):
+        masks = [masks]
+    if not isinstance(masks, (list, tuple)) or not masks:
+        raise TypeError(f"{name} must be a non-empty list of (batch, K) int64 tensors, got {type(masks).__name__}")
+    out = []
+    for i, m in enumerate(masks):
+        if not isinstance(m, Tensor) or m.dim() != 2 or m.shape[0] != batch or m.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{name}[{i}] must be an integer tensor of shape ({batch}, K), got "
+                             f"{getattr(m, 'dtype', type(m).__name__)} {tuple(getattr(m, 'shape', ()))}")
+        if m.shape[1] != masks[0].shape[1]:
+            raise ValueError(f"{name}: every mask in the list must keep the same number of tokens, "
+                             f"got {masks[0].shape[1]} for {name}[0] and {m.shape[1]} for {name}[{i}]")
+        if m.numel() and (int(m.min()) < 0 or int(m.max()) >= num_tokens):
+            raise ValueError(f"{name}[{i}] holds token indices outside [0, {num_tokens})")
+        out.append(m.to(device=device, dtype=torch.int64))
+    return out
+
+
+class VJEPA2Model(nn.Module):
+    """Drop-in for transformers' VJEPA2Model: same forward signature, outputs and checkpoints."""
+
+    def __init__(self, config: VJEPA2Config):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.predictor = Predictor(config)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        c = self.config
+        init_weights(self.encoder, c.initializer_range, self.encoder.blocks)
+        # The tubelet embedding is a Conv3d in every checkpoint: keep its initialisation too.
+        nn.init.trunc_normal_(self.encoder.patch_weight, std=c.initializer_range)
+        nn.init.zeros_(self.encoder.patch_bias)
+        init_weights(self.predictor, c.initializer_range, self.predictor.blocks)
+        if c.pred_zero_init_mask_tokens:
+            nn.init.zeros_(self.predictor.mask_tokens)
+        else:
+            nn.init.trunc_normal_(self.predictor.mask_tokens, std=c.initializer_range)
+
+    def forward(self, pixel_values_videos: Tensor, context_mask: list[Tensor] | None = None,
+                target_mask: list[Tensor] | None = None, skip_predictor: bool = False,
+                check_finite: bool = False) -> VJEPA2Output:
+        """Encodes the whole clip, then (like transformers) gathers the context tokens from it.
+        The i-th context mask is paired with the i-th target mask; outputs stack the pairs along
+        the batch (M*B rows). check_finite=True rejects NaN/inf input."""
+        check_video(pixel_values_videos, self.config, check_finite)
+        encoder = self.encoder
+        video = encoder.frames(pixel_values_videos)
+        hidden = encoder(video)  # (B, N, D)
+        B, N, _ = hidden.shape
+        if (context_mask is None) != (target_mask is None):
+            raise ValueError("context_mask and target_mask must be given together (or neither)")
+        if context_mask is None:
+            # Every token is both context and target: nothing to gather.
+            full = torch.arange(N, device=hidden.device).expand(B, N)
+            context_ids, target_ids, masked, target = full, full, hidden, hidden
+        else:
+            context_mask = check_masks("context_mask", context_mask, B, N, hidden.device)
+            target_mask = check_masks("target_mask", target_mask, B, N, hidden.device)
+            if len(context_mask) != len(target_mask):
+                raise ValueError(f"context_mask and target_mask must be lists of the same length, "
+                                 f"got {len(context_mask)} and {len(target_mask)}")
+            context_ids, target_ids = torch.cat(context_mask), torch.cat(target_mask)  # (M*B, K)
+            masked = gather_tokens(hidden, context_mask)
+            target = None if skip_predictor else gather_tokens(hidden, target_mask)
+        predictor_output = None
+        if not skip_predictor:
+            pred = self.predictor(masked, context_ids, target_ids, encoder.position_grid(video))
+            predictor_output = PredictorOutput(pred, target)
+        return VJEPA2Output(hidden, masked, predictor_output)
+
+    def get_vision_features(self, pixel_values_videos: Tensor, check_finite: bool = False) -> Tensor:
+        """(B, T, C, H, W) -> (B, N, D) encoder output."""
+        check_video(pixel_values_videos, self.config, check_finite)
+        return self.encoder(pixel_values_videos)
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str, rope_grid: str | None = None) -> "VJEPA2Model":
+        from vjepa_fast.checkpoints import load_pretrained
+        return load_pretrained(cls, path_or_hub_id, rope_grid)
+
+    @classmethod
+    def from_meta_checkpoint(cls, path: str, config: VJEPA2Config | None = None,
+                             encoder_key: str = "encoder") -> "VJEPA2Model":
+        from vjepa_fast.checkpoints import load_meta_checkpoint
+        return load_meta_checkpoint(cls, path, config, encoder_key)
+
+    def save_pretrained(self, directory: str) -> None:
+        from vjepa_fast.checkpoints import save_pretrained
+        save_pretrained(self, directory)
