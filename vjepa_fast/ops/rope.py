@@ -24,7 +24,7 @@ from torch import Tensor
 
 class Rope(NamedTuple):
     """What an attention layer needs to rotate q and k, computed once per forward pass."""
-    positions: Tensor  # (B or 1, N, 3) int64: (t, h, w) per token
+    positions: Tensor  # (B or 1, N, 3) fp32: (t, h, w) per token (integers, or scaled grid positions)
     cos: Tensor        # (B or 1, 1, N, hd) fp32
     sin: Tensor        # (B or 1, 1, N, hd) fp32
 
@@ -70,9 +70,12 @@ def rope_angles(positions: Tensor, head_dim: int, mode: str) -> Tensor:
 
 
 def make_rope(positions: Tensor, head_dim: int, mode: str) -> Rope:
-    """Tables for (B or 1, N, 3) positions, shaped to broadcast over heads: (B or 1, 1, N, hd)."""
+    """Tables for (B or 1, N, 3) positions, shaped to broadcast over heads: (B or 1, 1, N, hd).
+    A token whose h and w positions are 0 is rotated by time only (angle 0 is the identity): this
+    is how the action-conditioned predictor's action and state tokens are expressed."""
     if head_dim % 2:
         raise ValueError(f"rope: head_dim must be even, got {head_dim}")
+    positions = positions.to(torch.float32)
     angles = rope_angles(positions, head_dim, mode).unsqueeze(1)
     return Rope(positions, angles.cos(), angles.sin())
 
