@@ -1,0 +1,262 @@
+"""V-JEPA 2-AC: the action-conditioned predictor (stage 2) with a key/value cache for planning.
+
+Each time step t contributes 2 + P tokens, [action_t, state_t, P patch tokens of frame t], so a
+clip of T frames is a sequence of T * (2 + P) tokens. Attention is block-causal over steps: every
+token of step t sees every token of steps <= t and none after. The output at the patch tokens of
+step t predicts the encoder features of frame t + 1.
+
+RoPE positions: patch tokens (t, row * grid_h / H, col * grid_h / W) with the predictor's grid as
+(H, W) (Meta scales both spatial axes by its grid height, so a non-square grid stretches the
+column axis); action and state tokens (t, 0, 0), so only their time segment rotates (angle 0 is
+the identity), which is exactly Meta's "rotate the first segment only" for those tokens.
+
+Because attention is block-causal, the outputs of steps <= t never depend on later steps: a
+planner can feed one step at a time and keep the keys and values of earlier steps (`ACCache`)
+instead of re-running the whole prefix as Meta's notebook does. Both give the same numbers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from vjepa_fast.model import Block, init_weights
+from vjepa_fast.ops.rope import Rope, make_rope
+from vjepa_fast.ops.rope_attention import rope_attention
+
+COND_TOKENS = 2  # action and state tokens per step
+
+
+@dataclass
+class ACConfig:
+    enc_dim: int = 1408          # width of the frozen encoder's features (input and output)
+    hidden_size: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    action_dim: int = 7          # delta xyz, delta euler, delta gripper
+    state_dim: int = 7           # xyz, euler, gripper
+    grid_h: int = 16             # patch rows per frame (crop / patch size)
+    grid_w: int = 16             # patch columns per frame
+    layer_norm_eps: float = 1e-6
+    rope_mode: str = "tile"      # "tile" for the released weights (see vjepa_fast.ops.rope)
+    initializer_range: float = 0.02
+
+    def __post_init__(self):
+        for name in ("enc_dim", "hidden_size", "depth", "num_heads", "action_dim", "state_dim", "grid_h", "grid_w"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ACConfig.{name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(f"ACConfig.hidden_size ({self.hidden_size}) / num_heads ({self.num_heads}) "
+                             "must be an even integer head dim")
+        if self.rope_mode not in ("tile", "interleave"):
+            raise ValueError(f"ACConfig.rope_mode must be 'tile' or 'interleave', got {self.rope_mode!r}")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid_h * self.grid_w
+
+    @property
+    def tokens_per_step(self) -> int:
+        return COND_TOKENS + self.tokens_per_frame
+
+    @classmethod
+    def from_name(cls, name: str) -> "ACConfig":
+        if name not in AC_PRESETS:
+            raise ValueError(f"unknown AC preset {name!r}; expected one of {sorted(AC_PRESETS)}")
+        return cls(**AC_PRESETS[name])
+
+
+AC_PRESETS: dict[str, dict] = {
+    # The released vjepa2-ac-vitg predictor: 24 x 1024, on ViT-g features at 256 px.
+    "ac-vitg": dict(),
+    # CPU-sized predictors on the "tiny" encoder (192 wide, 64 px -> 4 x 4 patches).
+    "ac-tiny": dict(enc_dim=192, hidden_size=128, depth=2, num_heads=2, grid_h=4, grid_w=4),
+    "ac-small": dict(enc_dim=192, hidden_size=192, depth=4, num_heads=3, grid_h=4, grid_w=4),
+}
+
+
+def step_positions(steps: range, config: ACConfig, device=None) -> Tensor:
+    """(1, len(steps) * tokens_per_step, 3) RoPE positions of the tokens of the given steps."""
+    rows = torch.arange(config.grid_h, device=device, dtype=torch.float32)
+    cols = torch.arange(config.grid_w, device=device, dtype=torch.float32)
+    # Meta snaps both spatial axes with its grid height: scale 1 for rows, grid_h / grid_w for columns.
+    r, c = torch.meshgrid(rows, cols * (config.grid_h / config.grid_w), indexing="ij")
+    spatial = torch.stack((r.flatten(), c.flatten()), dim=-1)  # (P, 2)
+    spatial = torch.cat((spatial.new_zeros(COND_TOKENS, 2), spatial))  # (2 + P, 2): action/state at (0, 0)
+    t = torch.arange(steps.start, steps.stop, device=device, dtype=torch.float32)
+    time = t[:, None, None].expand(-1, config.tokens_per_step, 1)  # (T, 2 + P, 1)
+    pos = torch.cat((time, spatial.expand(len(t), -1, -1)), dim=-1)  # (T, 2 + P, 3)
+    return pos.reshape(1, -1, 3)
+
+
+class ACBlock(Block):
+    """The encoder's block with block-causal attention and optional cached keys/values of earlier steps."""
+
+    def forward(self, x: Tensor, q_rope: Rope, k_rope: Rope, step_tokens: int,
+                past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        B, N, D = x.shape
+        qkv = self.qkv(self.norm1(x)).view(B, N, 3, self.heads, D // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, hd)
+        if past is not None:
+            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)  # (B, heads, Nk, hd)
+        a = rope_attention(q, k, v, q_rope, k_rope, causal_block=step_tokens)  # (B, heads, N, hd)
+        x = x + self.proj(a.transpose(1, 2).reshape(B, N, D))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x)))), (k, v)
+
+
+@dataclass
+class ACCache:
+    """Unrotated keys and values of the steps fed so far, one (k, v) pair per block."""
+    steps: int = 0
+    kv: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+
+
+class ACPredictor(nn.Module):
+    def __init__(self, config: ACConfig):
+        super().__init__()
+        c = config
+        self.config = c
+        # Attribute names follow Meta's checkpoint (module.predictor_embed, ...) so the mapping is short.
+        self.predictor_embed = nn.Linear(c.enc_dim, c.hidden_size)
+        self.action_encoder = nn.Linear(c.action_dim, c.hidden_size)
+        self.state_encoder = nn.Linear(c.state_dim, c.hidden_size)
+        self.predictor_blocks = nn.ModuleList(
+            ACBlock(c.hidden_size, c.num_heads, int(c.hidden_size * c.mlp_ratio), c.layer_norm_eps, True)
+            for _ in range(c.depth))
+        self.predictor_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.predictor_proj = nn.Linear(c.hidden_size, c.enc_dim)
+        self.gradient_checkpointing = False
+        init_weights(self, c.initializer_range, self.predictor_blocks)
+
+    def _check(self, z: Tensor, actions: Tensor, states: Tensor, steps: int) -> None:
+        c = self.config
+        B = z.shape[0]
+        if z.dim() != 3 or z.shape[1] != steps * c.tokens_per_frame or z.shape[2] != c.enc_dim:
+            raise ValueError(f"ACPredictor: features must be (batch, steps * {c.tokens_per_frame}, {c.enc_dim}), "
+                             f"got {tuple(z.shape)}")
+        for name, t, dim in (("actions", actions, c.action_dim), ("states", states, c.state_dim)):
+            if t.dim() != 3 or t.shape != (B, steps, dim):
+                raise ValueError(f"ACPredictor: {name} must be (batch={B}, steps={steps}, {dim}), got {tuple(t.shape)}")
+
+    def _tokens(self, z: Tensor, actions: Tensor, states: Tensor) -> Tensor:
+        """(B, T*P, D_enc), (B, T, A), (B, T, S) -> (B, T*(2+P), D) in [action, state, patches] order per step."""
+        B, T = actions.shape[:2]
+        x = self.predictor_embed(z).view(B, T, self.config.tokens_per_frame, -1)  # (B, T, P, D)
+        a = self.action_encoder(actions).unsqueeze(2)  # (B, T, 1, D)
+        s = self.state_encoder(states).unsqueeze(2)
+        return torch.cat((a, s, x), dim=2).flatten(1, 2)  # (B, T*(2+P), D)
+
+    def _output(self, x: Tensor) -> Tensor:
+        """Drops the action/state tokens: (B, T*(2+P), D) -> (B, T*P, D_enc)."""
+        B = x.shape[0]
+        x = x.view(B, -1, self.config.tokens_per_step, x.shape[-1])[:, :, COND_TOKENS:]  # (B, T, P, D)
+        return self.predictor_proj(self.predictor_norm(x.flatten(1, 2)))
+
+    def forward(self, z: Tensor, actions: Tensor, states: Tensor) -> Tensor:
+        """Meta's forward(x, actions, states): z (B, T*P, D_enc) encoder features of T frames,
+        actions (B, T, A), states (B, T, S) -> (B, T*P, D_enc); output frame t predicts frame t + 1."""
+        T = actions.shape[1] if actions.dim() == 3 else -1
+        self._check(z, actions, states, T)
+        c = self.config
+        x = self._tokens(z, actions, states)
+        rope = make_rope(step_positions(range(T), c, z.device), c.hidden_size // c.num_heads, c.rope_mode)
+        for block in self.predictor_blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x, _ = checkpoint(block, x, rope, rope, c.tokens_per_step, use_reentrant=False)
+            else:
+                x, _ = block(x, rope, rope, c.tokens_per_step)
+        return self._output(x)
+
+    @torch.no_grad()
+    def step(self, z: Tensor, action: Tensor, state: Tensor, cache: ACCache) -> Tensor:
+        """Feeds one more step: z (B, P, D_enc) features of frame t = cache.steps, action (B, A),
+        state (B, S) -> (B, P, D_enc) prediction of frame t + 1. Attends to the cached keys and
+        values of steps < t and appends this step's to `cache`. Equal to forward() on the whole
+        prefix, because no earlier step attends to a later one."""
+        if action.dim() != 2 or state.dim() != 2:
+            raise ValueError(f"ACPredictor.step: action and state must be (batch, dim), got "
+                             f"{tuple(action.shape)} and {tuple(state.shape)}")
+        actions, states = action[:, None], state[:, None]
+        self._check(z, actions, states, 1)
+        if cache.kv and cache.kv[0][0].shape[0] != z.shape[0]:
+            raise ValueError(f"ACPredictor.step: batch {z.shape[0]} differs from the cache's {cache.kv[0][0].shape[0]}")
+        c = self.config
+        t = cache.steps
+        hd = c.hidden_size // c.num_heads
+        k_rope = make_rope(step_positions(range(t + 1), c, z.device), hd, c.rope_mode)
+        n = c.tokens_per_step  # the queries are this step's tokens, the last n keys
+        q_rope = Rope(k_rope.positions[:, -n:], k_rope.cos[..., -n:, :], k_rope.sin[..., -n:, :])
+        x = self._tokens(z, actions, states)
+        kv = []
+        for i, block in enumerate(self.predictor_blocks):
+            x, entry = block(x, q_rope, k_rope, c.tokens_per_step, cache.kv[i] if cache.kv else None)
+            kv.append(entry)
+        cache.kv, cache.steps = kv, t + 1
+        return self._output(x)
+
+    @classmethod
+    def from_meta_checkpoint(cls, path: str | Path, config: ACConfig | None = None) -> "ACPredictor":
+        """Loads the `predictor` entry of Meta's vjepa2-ac checkpoint (torch.load weights_only=True).
+        Strict: every key must map onto this model, except `extrinsics_encoder.*`, a layer Meta
+        always builds but only uses with use_extrinsics=True (never in the released model)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such checkpoint file")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if "predictor" not in ckpt:
+            raise KeyError(f"{path}: no 'predictor' entry (found {sorted(ckpt)})")
+        state = {k.removeprefix("module."): v for k, v in ckpt["predictor"].items()}
+        if config is None:
+            config = infer_ac_config(state)
+        model = cls(config)
+        model.load_state_dict(meta_to_ours(model, state, str(path)), strict=True)
+        return model
+
+    def meta_state_dict(self) -> dict[str, Tensor]:
+        """This model's weights under Meta's key names (with the `module.` prefix)."""
+        return {"module." + meta_key(k): v.detach().clone() for k, v in self.state_dict().items()}
+
+
+_META_BLOCK = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2", "norm1": "norm1", "norm2": "norm2"}
+
+
+def meta_key(key: str) -> str:
+    """ours -> Meta: only the block sub-modules differ ('predictor_blocks.3.qkv.weight' -> '...attn.qkv.weight')."""
+    parts = key.split(".")
+    if parts[0] == "predictor_blocks":
+        parts[2] = _META_BLOCK[parts[2]]
+    return ".".join(parts)
+
+
+def meta_to_ours(model: ACPredictor, state: dict[str, Tensor], what: str) -> dict[str, Tensor]:
+    names = {meta_key(k): k for k in model.state_dict()}
+    ignored = {k for k in state if k.startswith("extrinsics_encoder.")}
+    missing = sorted(names.keys() - state.keys())
+    unexpected = sorted(state.keys() - names.keys() - ignored)
+    if missing or unexpected:
+        raise KeyError(f"{what}: the AC predictor checkpoint does not match the model: missing keys {missing[:20]}; "
+                       f"unexpected keys {unexpected[:20]}")
+    expected = model.state_dict()
+    out = {}
+    for meta, ours in names.items():
+        if state[meta].shape != expected[ours].shape:
+            raise ValueError(f"{what}: {meta} has shape {tuple(state[meta].shape)}, the model expects "
+                             f"{tuple(expected[ours].shape)} (pass a matching ACConfig)")
+        out[ours] = state[meta]
+    return out
+
+
+def infer_ac_config(state: dict[str, Tensor]) -> ACConfig:
+    """A config from the shapes of a Meta AC checkpoint. Heads are not recoverable from shapes:
+    head dim 64, as in the released model; the grid is the released 16 x 16 (256 px / 16)."""
+    hidden, enc_dim = state["predictor_embed.weight"].shape
+    depth = len({k.split(".")[1] for k in state if k.startswith("predictor_blocks.")})
+    return ACConfig(enc_dim=enc_dim, hidden_size=hidden, depth=depth, num_heads=max(1, hidden // 64),
+                    mlp_ratio=state["predictor_blocks.0.mlp.fc1.weight"].shape[0] / hidden,
+                    action_dim=state["action_encoder.weight"].shape[1], state_dim=state["state_encoder.weight"].shape[1])
