@@ -1,0 +1,296 @@
+"""VJEPA2ForVideoClassification: encoder -> attentive pooler -> Linear (SPEC section 8).
+
+A drop-in for transformers' class of the same name: same constructor (a config carrying the
+labels), same forward(pixel_values_videos, labels) -> logits and loss, and checkpoints that load
+in either library. The backbone is our VJEPA2Model under `vjepa2.`; the pooler and the linear
+head use transformers' module names, so their state-dict keys are transformers' keys verbatim.
+
+The pooler, as transformers (and Meta's AttentiveClassifier) compute it:
+  x <- 3 x [x + out_proj(attn(LN1(x))); x + mlp(LN2(x))]        plain attention, no RoPE
+  q <- query_tokens (one learned token per clip)
+  y <- q + attn(q, LN1(x), LN1(x)); y + mlp(LN2(y))              no LN on q, no output projection
+The pooler's MLPs are 4x wide whatever the encoder's mlp_ratio (ViT-g's encoder uses 48/11).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vjepa_fast.config import VJEPA2Config
+from vjepa_fast.model import VJEPA2Model, init_weights
+
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+POOLER_MLP_RATIO = 4.0
+
+
+@dataclass
+class VJEPA2ClassifierConfig(VJEPA2Config):
+    """VJEPA2Config plus the labels. num_labels is len(id2label), as in transformers; a
+    config.json without id2label means two labels, LABEL_0 and LABEL_1 (transformers' default)."""
+    id2label: dict[int, str] = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})
+    # None: chosen per call from num_labels and the labels' dtype, as transformers does.
+    problem_type: str | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.id2label, dict) or sorted(self.id2label) != list(range(len(self.id2label))):
+            raise ValueError("VJEPA2ClassifierConfig.id2label must map 0..num_labels-1 to label names, got "
+                             f"keys {sorted(self.id2label) if isinstance(self.id2label, dict) else self.id2label!r}")
+        if not self.id2label:
+            raise ValueError("VJEPA2ClassifierConfig.id2label must hold at least one label")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"VJEPA2ClassifierConfig.problem_type must be None or one of {PROBLEM_TYPES}, "
+                             f"got {self.problem_type!r}")
+        if self.problem_type == "single_label_classification" and self.num_labels == 1:
+            raise ValueError("VJEPA2ClassifierConfig: problem_type='single_label_classification' needs "
+                             "num_labels > 1 (use 'regression' for one output)")
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in self.id2label.items()}
+
+    @classmethod
+    def from_encoder(cls, config: VJEPA2Config, labels: list[str],
+                     problem_type: str | None = None) -> "VJEPA2ClassifierConfig":
+        """An encoder config with labels[i] as the name of output i."""
+        base = {f.name: getattr(config, f.name) for f in dataclasses.fields(VJEPA2Config)}
+        return cls(**base, id2label=dict(enumerate(labels)), problem_type=problem_type)
+
+    def encoder_config(self) -> VJEPA2Config:
+        return VJEPA2Config(**{f.name: getattr(self, f.name) for f in dataclasses.fields(VJEPA2Config)})
+
+    def to_hf_dict(self) -> dict:
+        d = super().to_hf_dict()
+        d["id2label"] = {str(i): name for i, name in self.id2label.items()}
+        d["label2id"] = self.label2id
+        if self.problem_type is None:
+            del d["problem_type"]
+        d["architectures"] = ["VJEPA2ForVideoClassification"]
+        return d
+
+    @classmethod
+    def from_hf_dict(cls, d: dict) -> "VJEPA2ClassifierConfig":
+        d = dict(d)
+        if "id2label" in d:
+            d["id2label"] = {int(i): name for i, name in d["id2label"].items()}
+        elif "num_labels" in d:
+            d["id2label"] = {i: f"LABEL_{i}" for i in range(d["num_labels"])}
+        return super().from_hf_dict(d)
+
+
+class PoolerMLP(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, int(dim * POOLER_MLP_RATIO))
+        self.fc2 = nn.Linear(int(dim * POOLER_MLP_RATIO), dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class PoolerAttention(nn.Module):
+    """Softmax attention with separate q/k/v projections; the cross-attention has no out_proj."""
+
+    def __init__(self, dim: int, heads: int, out_proj: bool):
+        super().__init__()
+        self.heads = heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim) if out_proj else None
+
+    def forward(self, queries: Tensor, tokens: Tensor) -> Tensor:
+        B, Nq, D = queries.shape
+        hd = D // self.heads
+        q = self.q_proj(queries).view(B, Nq, self.heads, hd).transpose(1, 2)  # (B, heads, Nq, hd)
+        k = self.k_proj(tokens).view(B, -1, self.heads, hd).transpose(1, 2)   # (B, heads, N, hd)
+        v = self.v_proj(tokens).view(B, -1, self.heads, hd).transpose(1, 2)   # (B, heads, N, hd)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, Nq, D)
+        return a if self.out_proj is None else self.out_proj(a)
+
+
+class PoolerSelfAttentionLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, eps: float):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(dim, eps=eps)
+        self.self_attn = PoolerAttention(dim, heads, out_proj=True)
+        self.layer_norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = PoolerMLP(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.layer_norm1(x)
+        x = x + self.self_attn(h, h)
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class PoolerCrossAttentionLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, eps: float):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(dim, eps=eps)
+        self.cross_attn = PoolerAttention(dim, heads, out_proj=False)
+        self.layer_norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = PoolerMLP(dim)
+
+    def forward(self, queries: Tensor, tokens: Tensor) -> Tensor:
+        # layer_norm1 normalises the clip's tokens, not the queries; the residual is the raw queries.
+        y = queries + self.cross_attn(queries, self.layer_norm1(tokens))
+        return y + self.mlp(self.layer_norm2(y))
+
+
+class AttentivePooler(nn.Module):
+    """(B, N, D) tokens -> (B, D): self-attention layers over the tokens, then one learned query
+    cross-attends to them."""
+
+    def __init__(self, config: VJEPA2Config):
+        super().__init__()
+        D, heads, eps = config.hidden_size, config.num_attention_heads, config.layer_norm_eps
+        self.query_tokens = nn.Parameter(torch.zeros(1, 1, D))
+        self.cross_attention_layer = PoolerCrossAttentionLayer(D, heads, eps)
+        self.self_attention_layers = nn.ModuleList(
+            PoolerSelfAttentionLayer(D, heads, eps) for _ in range(config.num_pooler_layers))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        for layer in self.self_attention_layers:
+            tokens = layer(tokens)
+        queries = self.query_tokens.expand(tokens.shape[0], -1, -1)  # (B, 1, D)
+        return self.cross_attention_layer(queries, tokens).squeeze(1)
+
+    def init_weights(self, std: float) -> None:
+        """transformers' initialisation: truncated normal everywhere, residual-branch outputs of
+        self-attention layer i scaled by 1/sqrt(i), the cross-attention MLP by 1/sqrt(layers + 1)."""
+        init_weights(self, std, nn.ModuleList())
+        nn.init.trunc_normal_(self.query_tokens, std=std)
+        for i, layer in enumerate(self.self_attention_layers, start=1):
+            nn.init.trunc_normal_(layer.self_attn.out_proj.weight, std=std / i ** 0.5)
+            nn.init.trunc_normal_(layer.mlp.fc2.weight, std=std / i ** 0.5)
+        scale = (len(self.self_attention_layers) + 1) ** 0.5
+        nn.init.trunc_normal_(self.cross_attention_layer.mlp.fc2.weight, std=std / scale)
+
+
+def classification_loss(logits: Tensor, labels: Tensor, config: VJEPA2ClassifierConfig) -> Tensor:
+    """transformers' loss for sequence/video classification. Without a problem_type: one label ->
+    regression (MSE), integer labels -> cross entropy (label -100 ignored), otherwise
+    multi-label (BCE with logits). transformers also writes the choice it made back into the
+    config; here the config is left as it was."""
+    n = config.num_labels
+    problem = config.problem_type
+    if problem is None:
+        if n == 1:
+            problem = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            problem = "single_label_classification"
+        else:
+            problem = "multi_label_classification"
+    labels = labels.to(logits.device)
+    if problem == "regression":
+        if n == 1:
+            return F.mse_loss(logits.squeeze(), labels.squeeze())
+        return F.mse_loss(logits, labels)
+    if problem == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, n), labels.view(-1), ignore_index=-100)
+    return F.binary_cross_entropy_with_logits(logits, labels)
+
+
+@dataclass
+class VideoClassifierOutput:
+    logits: Tensor             # (B, num_labels)
+    loss: Tensor | None = None
+
+
+class VJEPA2ForVideoClassification(nn.Module):
+    """Drop-in for transformers' VJEPA2ForVideoClassification."""
+
+    def __init__(self, config: VJEPA2ClassifierConfig):
+        super().__init__()
+        if not isinstance(config, VJEPA2ClassifierConfig):
+            raise TypeError("VJEPA2ForVideoClassification needs a VJEPA2ClassifierConfig (labels included), got "
+                            f"{type(config).__name__}; build one with VJEPA2ClassifierConfig.from_encoder(config, labels)")
+        self.config = config
+        self.num_labels = config.num_labels
+        self.vjepa2 = VJEPA2Model(config.encoder_config())
+        self.pooler = AttentivePooler(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_head()
+
+    def init_head(self) -> None:
+        std = self.config.initializer_range
+        self.pooler.init_weights(std)
+        nn.init.trunc_normal_(self.classifier.weight, std=std)
+        nn.init.zeros_(self.classifier.bias)
+
+    def classify(self, features: Tensor) -> Tensor:
+        """Encoder output (B, N, D) -> logits (B, num_labels): the head alone, for cached features."""
+        return self.classifier(self.pooler(features))
+
+    def forward(self, pixel_values_videos: Tensor, labels: Tensor | None = None,
+                check_finite: bool = False) -> VideoClassifierOutput:
+        """pixel_values_videos (B, T, C, H, W) normalised -> logits (B, num_labels), and the loss
+        when labels are given ((B,) class indices, or (B, num_labels) floats for regression or
+        multi-label problems)."""
+        logits = self.classify(self.vjepa2.get_vision_features(pixel_values_videos, check_finite))
+        loss = None if labels is None else classification_loss(logits, labels, self.config)
+        return VideoClassifierOutput(logits, loss)
+
+    @classmethod
+    def from_encoder(cls, encoder: VJEPA2Model, labels: list[str],
+                     problem_type: str | None = None) -> "VJEPA2ForVideoClassification":
+        """A classifier with a fresh head on top of a (pretrained) VJEPA2Model's weights."""
+        config = VJEPA2ClassifierConfig.from_encoder(encoder.config, labels, problem_type)
+        model = cls(config)
+        model.vjepa2.load_state_dict(encoder.state_dict(), strict=True)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str, rope_grid: str | None = None) -> "VJEPA2ForVideoClassification":
+        """A transformers VJEPA2ForVideoClassification checkpoint (directory or hub id)."""
+        from vjepa_fast.checkpoints import CheckpointError, _load_into, hf_to_ours, read_safetensors_dir, resolve
+        directory = resolve(path_or_hub_id)
+        config_path = directory / "config.json"
+        if not config_path.exists():
+            raise CheckpointError(f"{directory}: config.json is missing")
+        config = VJEPA2ClassifierConfig.from_hf_dict(json.loads(config_path.read_text()))
+        if rope_grid is not None:
+            config.rope_grid = rope_grid
+            config.__post_init__()
+        state = read_safetensors_dir(directory)
+        head_weight = state.get("classifier.weight")
+        if head_weight is not None and head_weight.shape[0] != config.num_labels:
+            raise CheckpointError(f"{directory}: config.json names {config.num_labels} labels (id2label) but "
+                                  f"classifier.weight has {head_weight.shape[0]} rows: num_labels does not "
+                                  "match the checkpoint")
+        with torch.device("meta"):
+            model = cls(config)
+        model = model.to_empty(device="cpu")
+        backbone = {k[len("vjepa2."):]: v for k, v in state.items() if k.startswith("vjepa2.")}
+        head = {k: v for k, v in state.items() if not k.startswith("vjepa2.")}
+        expected = {k for k in model.state_dict() if not k.startswith("vjepa2.")}
+        missing, unexpected = sorted(expected - head.keys()), sorted(head.keys() - expected)
+        if missing or unexpected:
+            raise CheckpointError(f"{directory}: the classification head does not match the model: missing keys "
+                                  f"{missing[:20]}; unexpected keys {unexpected[:20]}")
+        ours = {f"vjepa2.{k}": v for k, v in hf_to_ours(model.vjepa2, backbone, str(directory)).items()}
+        _load_into(model, {**ours, **head}, str(directory))
+        return model
+
+    def save_pretrained(self, directory: str) -> None:
+        """config.json + model.safetensors that transformers' VJEPA2ForVideoClassification reads."""
+        from safetensors.torch import save_file
+
+        from vjepa_fast.checkpoints import atomic_write, ours_to_hf
+        directory = Path(directory)
+        state = {f"vjepa2.{k}": v for k, v in ours_to_hf(self.vjepa2).items()}
+        state.update({k: v for k, v in self.state_dict().items() if not k.startswith("vjepa2.")})
+        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        atomic_write(directory / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
+        text = json.dumps(self.config.to_hf_dict(), indent=2)
+        atomic_write(directory / "config.json", lambda p: Path(p).write_text(text))
