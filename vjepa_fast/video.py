@@ -1,0 +1,221 @@
+"""Video in: decode a clip with torchcodec, pick its frames, and turn uint8 frames into the
+normalised pixels the encoder takes, exactly as transformers' VJEPA2VideoProcessor does.
+
+The processor recipe (transformers' BaseVideoProcessor running torchvision's v2 kernels):
+  1. Resize so the shortest edge is int(crop * 256 / 224) (292 for a 256 crop); the other edge is
+     int(shortest * long / short), truncated. Bilinear, antialias, align_corners=False. The frames
+     stay uint8: torchvision (0.28, the release for torch 2.13) interpolates uint8 natively on
+     AVX2/AVX512 and ARM CPUs; elsewhere (CUDA, CPUs without AVX2) in float32, rounding half to
+     even back to uint8. The two paths differ by one grey level here and there, so we take the
+     same one.
+  2. Centre crop: top = (H - crop) // 2, left = (W - crop) // 2.
+  3. (x - 255 * mean) / (255 * std) in float32: transformers folds the 1/255 rescale into mean
+     and std, which rounds differently from x / 255 followed by (x - mean) / std.
+"""
+from __future__ import annotations
+
+import math
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Frames resized at once: a 1080p frame is 25 MB in float32, so 64 at a time would need 1.6 GB.
+_RESIZE_CHUNK = 8
+
+
+@dataclass
+class ProcessorConfig:
+    crop_size: int = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self):
+        if not isinstance(self.crop_size, int) or isinstance(self.crop_size, bool) or self.crop_size < 1:
+            raise ValueError(f"ProcessorConfig.crop_size must be a positive int, got {self.crop_size!r}")
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"ProcessorConfig.mean and std must hold 3 values (R, G, B), "
+                             f"got {self.mean} and {self.std}")
+        if min(self.std) <= 0:
+            raise ValueError(f"ProcessorConfig.std must be positive, got {self.std}")
+
+    @property
+    def shortest_edge(self) -> int:
+        """The resize target of the shortest edge, before the centre crop (256 -> 292)."""
+        return int(self.crop_size * 256 / 224)
+
+
+def resized_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
+    """(height, width) with the shortest edge at `shortest_edge`; the long edge is truncated."""
+    if height <= width:
+        return shortest_edge, int(shortest_edge * width / height)
+    return int(shortest_edge * height / width), shortest_edge
+
+
+def _native_uint8_resize(device: torch.device) -> bool:
+    """torchvision's rule for when bilinear interpolation runs on uint8 directly."""
+    if device.type != "cpu":
+        return False
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
+
+
+def resize_uint8(frames: Tensor, size: tuple[int, int]) -> Tensor:
+    """(T, 3, H, W) uint8 -> (T, 3, *size) uint8, bilinear with antialias (see the module docstring)."""
+    if tuple(frames.shape[-2:]) == tuple(size):
+        return frames
+    native = _native_uint8_resize(frames.device)
+    out = []
+    for chunk in frames.split(_RESIZE_CHUNK):
+        x = chunk if native else chunk.float()
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        out.append(x if native else x.round_().to(torch.uint8))
+    return torch.cat(out)
+
+
+def _channels_first(frames: Tensor, channels_last: bool | None) -> Tensor:
+    """(..., H, W, 3) or (..., 3, H, W) -> (..., 3, H, W)."""
+    if channels_last is None:
+        last, first = frames.shape[-1] == 3, frames.shape[-3] == 3
+        if last == first:
+            raise ValueError(f"frames: cannot tell the channel dimension of shape {tuple(frames.shape)}; "
+                             "expected 3 channels in the last or the third-last dimension "
+                             "(pass channels_last=True or False)")
+        channels_last = last
+    channel_dim = -1 if channels_last else -3
+    if frames.shape[channel_dim] != 3:
+        raise ValueError(f"frames: expected 3 (RGB) channels in dimension {channel_dim}, "
+                         f"got shape {tuple(frames.shape)}")
+    return frames.movedim(-1, -3) if channels_last else frames
+
+
+class VideoProcessor:
+    """uint8 frames -> float32 pixels for the encoder, as transformers' VJEPA2VideoProcessor.
+
+    processor(frames): (T, H, W, 3) or (T, 3, H, W) -> (T, 3, crop, crop);
+    a batch (B, T, ...) -> (B, T, 3, crop, crop), the encoder's layout."""
+
+    def __init__(self, config: ProcessorConfig | None = None):
+        self.config = ProcessorConfig() if config is None else config
+
+    def __call__(self, frames: Tensor | np.ndarray, channels_last: bool | None = None) -> Tensor:
+        if isinstance(frames, np.ndarray):
+            frames = torch.from_numpy(frames)
+        if not isinstance(frames, Tensor):
+            raise TypeError(f"frames: expected a uint8 torch.Tensor or numpy array, got {type(frames).__name__}")
+        if frames.dtype != torch.uint8:
+            raise TypeError(f"frames: expected uint8 pixels (as decoded), got {frames.dtype}")
+        if frames.dim() not in (4, 5):
+            raise ValueError(f"frames: expected (T, H, W, 3), (T, 3, H, W) or a batch of those, "
+                             f"got shape {tuple(frames.shape)}")
+        frames = _channels_first(frames, channels_last)
+        *lead, _, H, W = frames.shape
+        if H == 0 or W == 0 or 0 in lead:
+            raise ValueError(f"frames: empty video of shape {tuple(frames.shape)}")
+        c = self.config
+        frames = resize_uint8(frames.reshape(-1, 3, H, W), resized_size(H, W, c.shortest_edge))
+        h, w = frames.shape[-2:]
+        top, left = (h - c.crop_size) // 2, (w - c.crop_size) // 2
+        frames = frames[..., top:top + c.crop_size, left:left + c.crop_size]
+        mean = torch.tensor(c.mean, device=frames.device) * 255.0
+        std = torch.tensor(c.std, device=frames.device) * 255.0
+        pixels = (frames.float() - mean[:, None, None]) / std[:, None, None]
+        return pixels.reshape(*lead, 3, c.crop_size, c.crop_size)
+
+
+# ---- Decoding and frame sampling ------------------------------------------------------------
+
+@dataclass
+class ClipSampling:
+    """Which frames of a video make the clip. At most one of frame_step, fps and uniform:
+      frame_step  every frame_step-th frame from start_frame (the default, with step 1);
+      fps         a target rate: frame_step = ceil(video fps) // fps, Meta's pre-training rule
+                  (4 fps from a 30 fps video takes every 7th frame);
+      uniform     num_frames spread evenly over the video from start_frame."""
+    num_frames: int = 64
+    frame_step: int | None = None
+    fps: float | None = None
+    uniform: bool = False
+    start_frame: int = 0
+
+    def __post_init__(self):
+        _check_int("num_frames", self.num_frames, 1)
+        _check_int("start_frame", self.start_frame, 0)
+        if self.frame_step is not None:
+            _check_int("frame_step", self.frame_step, 1)
+        if self.fps is not None and not (isinstance(self.fps, (int, float)) and not isinstance(self.fps, bool)
+                                         and math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"fps must be a positive number, got {self.fps!r}")
+        chosen = [name for name, on in (("frame_step", self.frame_step is not None),
+                                        ("fps", self.fps is not None), ("uniform", self.uniform)) if on]
+        if len(chosen) > 1:
+            raise ValueError(f"{' and '.join(chosen)} are exclusive ways to sample a clip; give one")
+
+
+def _check_int(name: str, value, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def frame_indices(sampling: ClipSampling, total_frames: int, video_fps: float | None,
+                  source: str = "video") -> Tensor:
+    """(num_frames,) int64 indices into a video of total_frames frames at video_fps."""
+    s = sampling
+    available = total_frames - s.start_frame
+    if s.uniform:
+        if available < s.num_frames:
+            raise ValueError(f"num_frames={s.num_frames} spread uniformly from start_frame={s.start_frame} "
+                             f"needs {s.num_frames} frames, but {source} has {total_frames}")
+        # floor(i * available / n): transformers' default spread
+        return s.start_frame + torch.arange(s.num_frames, dtype=torch.int64) * available // s.num_frames
+    step = 1 if s.frame_step is None else s.frame_step
+    if s.fps is not None:
+        if not video_fps:
+            raise ValueError(f"fps={s.fps}: {source} reports no frame rate; sample with frame_step instead")
+        step = int(math.ceil(video_fps) // s.fps)
+        if step < 1:
+            raise ValueError(f"fps={s.fps} is above the frame rate of {source} ({video_fps:g} fps)")
+    needed = (s.num_frames - 1) * step + 1
+    if available < needed:
+        raise ValueError(f"num_frames={s.num_frames} every {step} frame(s) from start_frame={s.start_frame} "
+                         f"needs {s.start_frame + needed} frames, but {source} has {total_frames}")
+    return s.start_frame + torch.arange(s.num_frames, dtype=torch.int64) * step
+
+
+@dataclass
+class Clip:
+    frames: Tensor         # (T, 3, H, W) uint8, as decoded
+    indices: Tensor        # (T,) int64 frame indices in the video
+    video_fps: float       # the video's average frame rate (0.0 when the file gives none)
+    total_frames: int      # frames in the video
+
+
+def load_clip(path: str | Path, sampling: ClipSampling | None = None) -> Clip:
+    """Decode the frames `sampling` picks from the video file at `path` (torchcodec, exact seeking)."""
+    # Imported here: torchcodec loads the FFmpeg libraries on import, which the processor never needs.
+    from torchcodec.decoders import VideoDecoder
+
+    sampling = ClipSampling() if sampling is None else sampling
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"path: no such video file: {path}")
+    if not path.is_file():
+        raise ValueError(f"path: expected a video file, got a directory or special file: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"path: video file is empty: {path}")
+    try:
+        decoder = VideoDecoder(str(path), seek_mode="exact")
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"path: cannot decode {path} as a video: {e}") from e
+    total = decoder.metadata.num_frames or 0
+    video_fps = decoder.metadata.average_fps or 0.0
+    indices = frame_indices(sampling, total, video_fps, source=str(path))
+    frames = decoder.get_frames_at(indices.tolist()).data  # (T, 3, H, W) uint8
+    return Clip(frames, indices, float(video_fps), total)
