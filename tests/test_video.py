@@ -246,3 +246,17 @@ def test_too_few_frames(level_mp4, sampling, match):
 def test_bad_sampling_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ClipSampling(**kwargs)
+
+
+@pytest.mark.parametrize("H, W, crop", CASES[:4], ids=[f"{h}x{w}-crop{c}" for h, w, c in CASES[:4]])
+def test_processor_matches_transformers(H, W, crop):
+    """Directly against transformers where torchvision runs (see the module docstring)."""
+    try:
+        import torchvision  # noqa: F401  (transformers' processor runs on its kernels)
+        from transformers import VJEPA2VideoProcessor
+        theirs = VJEPA2VideoProcessor(crop_size=crop)
+    except Exception as e:  # ImportError, or a torchvision build that cannot load its ops
+        pytest.skip(f"transformers' VJEPA2VideoProcessor cannot run here: {type(e).__name__}: {e}")
+    video = random_video(2, H, W)
+    expected = theirs(video, return_tensors="pt")["pixel_values_videos"][0]
+    torch.testing.assert_close(VideoProcessor(ProcessorConfig(crop_size=crop))(video), expected, atol=0, rtol=0)
