@@ -11,10 +11,10 @@ SHAPES = {
 }
 
 
-def hf_model(shape: str, depth: int = 2, pred_depth: int = 2, **overrides):
-    cfg = transformers.VJEPA2Config(num_hidden_layers=depth, pred_num_hidden_layers=pred_depth,
-                                    frames_per_clip=8, **{**SHAPES[shape], **overrides})
-    cfg._attn_implementation = "eager"
+def hf_model(shape: str, depth: int = 2, pred_depth: int = 2, attn: str = "eager", **overrides):
+    kwargs = {"frames_per_clip": 8, **SHAPES[shape], **overrides}
+    cfg = transformers.VJEPA2Config(num_hidden_layers=depth, pred_num_hidden_layers=pred_depth, **kwargs)
+    cfg._attn_implementation = attn
     model = transformers.VJEPA2Model(cfg).eval()
     # Non-zero mask tokens and non-trivial norms, so a wrong index or a dropped LN shows up.
     import torch
