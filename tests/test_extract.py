@@ -80,6 +80,8 @@ def test_extract_fps_sampling_through_cli(tmp_path, tiny_checkpoint):
 def test_feature_keys_sanitised_and_unique():
     assert feature_keys(["a/clip 1.mp4", "b/clip 1.mp4", "x/ü@.webm", "c/.mp4"]) == \
         ["clip_1", "clip_1_1", "__", ".mp4"]
+    keys = feature_keys(["a.mp4", "a_2.mkv", "b/a.mp4"])
+    assert len(set(keys)) == 3 and keys[:2] == ["a", "a_2"]
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -66,7 +66,9 @@ def feature_keys(videos: list[str]) -> list[str]:
     keys = []
     for i, video in enumerate(videos):
         key = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(video).stem) or f"video_{i}"
-        keys.append(f"{key}_{i}" if key in keys else key)
+        while key in keys:  # a loop: 'a', 'a_2', 'a' would otherwise give 'a_2' twice
+            key = f"{key}_{i}"
+        keys.append(key)
     return keys
 
 

@@ -100,7 +100,8 @@ class VideoProcessor:
     """uint8 frames -> float32 pixels for the encoder, as transformers' VJEPA2VideoProcessor.
 
     processor(frames): (T, H, W, 3) or (T, 3, H, W) -> (T, 3, crop, crop);
-    a batch (B, T, ...) -> (B, T, 3, crop, crop), the encoder's layout."""
+    a batch (B, T, ...) -> (B, T, 3, crop, crop), the encoder's layout. The layout is read from
+    where the 3 channels are; channels_last=True/False says it when both places hold 3."""
 
     def __init__(self, config: ProcessorConfig | None = None):
         self.config = ProcessorConfig() if config is None else config
