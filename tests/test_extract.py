@@ -77,6 +77,19 @@ def test_extract_fps_sampling_through_cli(tmp_path, tiny_checkpoint):
     torch.testing.assert_close(load_file(str(out))["v"], expected, atol=1e-5, rtol=1e-5)
 
 
+def test_extract_bfloat16(tmp_path, tiny_checkpoint):
+    directory, model = tiny_checkpoint
+    video = moving_video(tmp_path / "v.mp4", 8, 40, 40)
+    out = tmp_path / "f.safetensors"
+    extract(ExtractConfig(videos=[str(video)], model=str(directory), out=str(out), num_frames=8, dtype="bfloat16"))
+    saved = load_file(str(out))["v"]
+    expected, _ = expected_features(model, video, ClipSampling(num_frames=8), crop=64)
+    assert saved.dtype == torch.bfloat16
+    # bf16 keeps 8 bits of mantissa: features (post-LN, about unit scale) agree to a few percent
+    assert (saved.float() - expected).abs().mean() < 0.05
+    assert (saved.float() - expected).abs().mean() > 0  # it did run in bf16
+
+
 def test_feature_keys_sanitised_and_unique():
     assert feature_keys(["a/clip 1.mp4", "b/clip 1.mp4", "x/ü@.webm", "c/.mp4"]) == \
         ["clip_1", "clip_1_1", "__", ".mp4"]

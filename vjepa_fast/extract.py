@@ -74,7 +74,8 @@ def feature_keys(videos: list[str]) -> list[str]:
 
 def extract(config: ExtractConfig, model: VJEPA2Model | None = None) -> dict[str, Tensor]:
     """Encode every video of `config` and write config.out; returns {key: (1, N, D) features}.
-    `model` replaces loading config.model (the demo passes its random one)."""
+    `model` replaces loading config.model (the demo passes its random one; config.rope_grid
+    then applies only where the model was built)."""
     from safetensors.torch import save_file
 
     missing = [v for v in config.videos if not Path(v).is_file()]
@@ -131,7 +132,8 @@ def demo(config: ExtractConfig) -> dict[str, Tensor]:
     print(f"wrote {video}")
     with torch.random.fork_rng():  # seeded: the same random model, hence features, on every run
         torch.manual_seed(0)
-        model = VJEPA2Model(VJEPA2Config.from_name("tiny"))
+        tiny = VJEPA2Config.from_name("tiny")
+        model = VJEPA2Model(dataclasses.replace(tiny, rope_grid=config.rope_grid or tiny.rope_grid))
     run = dataclasses.replace(config, videos=[str(video)], model="random tiny (demo)", demo=False)
     features = extract(run, model)
     for key, value in features.items():
