@@ -20,13 +20,12 @@ when the extension is built, else `cem_update_ref`; VJEPA_FAST_REFERENCE=1 force
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from vjepa_fast._ext import extension_available
+from vjepa_fast.ops.dispatch import reference_forced
 
 LN_EPS = 1e-5
 
@@ -96,7 +95,7 @@ def cem_update(preds: Tensor, goal: Tensor, noise: Tensor, actions: Tensor, mean
                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One CEM step -> (energies (N,) fp32, new_mean (H, A), new_std (H, A), next_actions (N, H, A))."""
     _check(preds, goal, noise, actions, mean, std, top_k, momentum_mean, momentum_std, low, high)
-    if os.environ.get("VJEPA_FAST_REFERENCE") == "1" or not COMPILED:
+    if reference_forced() or not COMPILED:
         return cem_update_ref(preds, goal, noise, actions, mean, std, top_k, momentum_mean, momentum_std, low, high)
     return torch.ops.vjepa_fast.cem_update(preds, goal, noise, actions, mean, std, top_k,
                                            momentum_mean, momentum_std, low, high)
