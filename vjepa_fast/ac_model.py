@@ -24,11 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from vjepa_fast.model import Block, init_weights
+from vjepa_fast.model import Block, Encoder, init_weights
 from vjepa_fast.ops.rope import Rope, make_rope
 from vjepa_fast.ops.rope_attention import rope_attention
 
 COND_TOKENS = 2  # action and state tokens per step
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -260,3 +262,20 @@ def infer_ac_config(state: dict[str, Tensor]) -> ACConfig:
     return ACConfig(enc_dim=enc_dim, hidden_size=hidden, depth=depth, num_heads=max(1, hidden // 64),
                     mlp_ratio=state["predictor_blocks.0.mlp.fc1.weight"].shape[0] / hidden,
                     action_dim=state["action_encoder.weight"].shape[1], state_dim=state["state_encoder.weight"].shape[1])
+
+
+@torch.no_grad()
+def encode_frames(encoder: Encoder, frames: Tensor, batch: int = 64) -> Tensor:
+    """(T, H, W, 3) uint8 RGB -> (T, P, D_enc): every frame encoded alone as a 2-frame tubelet
+    (the encoder repeats a single frame), ImageNet-normalised, outputs layer-normed without
+    affine parameters: the features V-JEPA 2-AC is trained and planned on."""
+    if frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+        raise ValueError(f"encode_frames: frames must be (T, H, W, 3) uint8, got {frames.dtype} {tuple(frames.shape)}")
+    mean = torch.tensor(IMAGENET_MEAN, device=frames.device)
+    std = torch.tensor(IMAGENET_STD, device=frames.device)
+    out = []
+    for chunk in frames.split(batch):
+        x = ((chunk.float() / 255 - mean) / std).permute(0, 3, 1, 2)[:, None]  # (t, 1, 3, H, W)
+        h = encoder(x)  # (t, P, D)
+        out.append(F.layer_norm(h, (h.shape[-1],)))
+    return torch.cat(out)
