@@ -1,0 +1,315 @@
+import copy
+import dataclasses
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vjepa_fast.data import Augment, VideoClips, list_videos
+from vjepa_fast.masks import mix_seed
+from vjepa_fast.physics import PhysicsConfig, generate_clip, write_mp4
+from vjepa_fast.train_config import TrainConfig, build_parser, parse_args
+from vjepa_fast.trainer import Trainer, TrainingDiverged, ema_update, lr_at, param_groups
+
+transformers = pytest.importorskip("transformers")
+
+
+def small_config(tmp_path, **overrides) -> TrainConfig:
+    """A model small enough for a step in well under a second, with odd sizes (batch 3, head dim 48)."""
+    base = dict(width=96, depth=2, heads=2, pred_width=64, pred_depth=2, pred_heads=2, patch_size=8, crop_size=32,
+                frames=4, batch_size=3, steps=6, warmup_steps=2, cooldown_steps=2, checkpoint_every=3,
+                out=str(tmp_path / "run"), progress=False, probe=False, export=False, threads=1)
+    return TrainConfig(**{**base, **overrides})
+
+
+# ---- the step against a plain reference assembled from transformers' modules -------------------
+
+def hf_copy(trainer: Trainer, tmp_path):
+    """transformers' VJEPA2Model holding the trainer's current online weights (through our export
+    format), and a second one holding its target encoder."""
+    trainer.jepa.encoder.gradient_checkpointing = False
+    online = transformers.VJEPA2Model.from_pretrained(_save(trainer.jepa.encoder, trainer, tmp_path / "online"),
+                                                      attn_implementation="eager")
+    target = transformers.VJEPA2Model.from_pretrained(_save(trainer.target, trainer, tmp_path / "target"),
+                                                      attn_implementation="eager")
+    return online.float(), target.float()
+
+
+def _save(encoder, trainer, path):
+    from vjepa_fast.model import VJEPA2Model
+    model = VJEPA2Model(trainer.model_config)
+    model.encoder.load_state_dict(encoder.state_dict())
+    model.predictor.load_state_dict(trainer.jepa.predictor.state_dict())
+    model.save_pretrained(str(path))
+    return str(path)
+
+
+def ref_encode(hf, video, token_ids=None):
+    """Meta's encoder, layer by layer: Conv3d tubelets, keep the context tokens, RoPE at their positions."""
+    enc = hf.encoder
+    x = enc.embeddings.patch_embeddings(video.permute(0, 2, 1, 3, 4))  # (B, N, D)
+    if token_ids is not None:
+        x = torch.gather(x, 1, token_ids[..., None].expand(-1, -1, x.shape[-1]))
+    for layer in enc.layer:
+        x = layer(x, position_mask=token_ids)[0]
+    return enc.layernorm(x)
+
+
+def ref_predict(hf, z, context, target):
+    """Meta's predictor: mask token 0 at the targets, tokens sorted by position, blocks, unsorted."""
+    pred = hf.predictor
+    x, positions = pred.embeddings(z, [context], [target], mask_index=0)
+    order = torch.argsort(positions, dim=1)
+    x, positions = pred.sort_tokens(x, positions, order)
+    for layer in pred.layer:
+        x = layer(x, position_mask=positions)[0]
+    x = pred.unsort_tokens(pred.layernorm(x), order)
+    return pred.proj(x[:, context.shape[1]:])
+
+
+def reference_step(online, target, batch, lr, weight_decay, momentum):
+    video = batch.video
+    with torch.no_grad():
+        h = ref_encode(target, video)
+        h = F.layer_norm(h, (h.shape[-1],))
+    losses = []
+    for context, tgt in batch.masks:
+        p = ref_predict(online, ref_encode(online, video, context), context, tgt)
+        goal = torch.gather(h, 1, tgt[..., None].expand(-1, -1, h.shape[-1]))
+        losses.append((p - goal).abs().mean())
+    loss = sum(losses) / len(losses)
+    decay = [p for n, p in online.named_parameters() if not n.endswith("bias") and p.ndim > 1]
+    no_decay = [p for n, p in online.named_parameters() if n.endswith("bias") or p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        for t, o in zip(target.encoder.parameters(), online.encoder.parameters()):
+            t.mul_(momentum).add_(o, alpha=1 - momentum)
+    return loss.item()
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_step_matches_plain_reference(tmp_path, checkpointing):
+    config = small_config(tmp_path, warmup_steps=0, ema=0.9, activation_checkpointing=checkpointing)
+    trainer = Trainer(config)
+    # Start from a target encoder that differs from the online one, as after some training.
+    with torch.no_grad():
+        for p in trainer.target.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    online, target = hf_copy(trainer, tmp_path)
+    trainer.jepa.encoder.gradient_checkpointing = checkpointing
+    batch = next(iter(trainer.loader()))
+    loss = trainer.train_step([batch])
+    ref_loss = reference_step(online, target, batch, config.lr, config.weight_decay, config.ema)
+    assert abs(loss - ref_loss) < 1e-5 * max(1.0, abs(ref_loss))
+    updated_online, updated_target = hf_copy(trainer, tmp_path / "after")
+    # AdamW's first step moves every weight by about lr * g / (|g| + eps): where a gradient is near
+    # eps, fp32 rounding in g shows up at a fraction of lr, so that is the tolerance.
+    for ours, ref, part in ((updated_online, online, ""), (updated_target, target, "encoder.")):
+        ref_state = ref.state_dict()
+        for name, value in ours.state_dict().items():
+            if not name.startswith(part):
+                continue
+            torch.testing.assert_close(value, ref_state[name], atol=0.05 * config.lr, rtol=1e-5,
+                                       msg=lambda m: f"{name}: {m}")
+    # The step did change the weights (so the comparison above is not vacuous).
+    assert not torch.allclose(updated_online.encoder.layer[0].mlp.fc1.weight,
+                              transformers.VJEPA2Model.from_pretrained(str(tmp_path / "online")).encoder.layer[0].mlp.fc1.weight)
+    trainer.close()
+
+
+def test_gradient_accumulation_matches_one_batch(tmp_path):
+    """Two micro-batches of 2 = one batch of 4 when the masks are the same (the loss is a mean)."""
+    a = Trainer(small_config(tmp_path / "a", batch_size=4, warmup_steps=0))
+    b = Trainer(small_config(tmp_path / "b", batch_size=4, grad_accum=2, warmup_steps=0))
+    batch = next(iter(a.loader()))
+    batch.masks = [(c[:, :min(c.shape[1], 9)], t[:, :9]) for c, t in batch.masks]  # same shapes for both halves
+    halves = [dataclasses.replace(batch, video=batch.video[i:i + 2], masks=[(c[i:i + 2], t[i:i + 2]) for c, t in batch.masks])
+              for i in (0, 2)]
+    loss_a, loss_b = a.train_step([batch]), b.train_step(halves)
+    assert abs(loss_a - loss_b) < 1e-6
+    for pa, pb in zip(a.jepa.parameters(), b.jepa.parameters()):
+        torch.testing.assert_close(pa, pb, atol=0.05 * a.config.lr, rtol=1e-5)  # as in the test above
+
+
+# ---- pieces ------------------------------------------------------------------------------------
+
+def test_ema_update_matches_loop():
+    target = [torch.randn(5, 3), torch.randn(7)]
+    online = [torch.randn(5, 3), torch.randn(7)]
+    expected = [0.99925 * t + (1 - 0.99925) * o for t, o in zip(target, online)]
+    ema_update(target, online, 0.99925)
+    for t, e in zip(target, expected):
+        torch.testing.assert_close(t, e)
+
+
+def test_lr_schedule(tmp_path):
+    c = small_config(tmp_path, steps=20, warmup_steps=5, cooldown_steps=4, start_lr=1e-4, lr=5e-4, final_lr=1e-6)
+    lrs = [lr_at(c, s) for s in range(20)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[5] == pytest.approx(5e-4)
+    assert all(a < b for a, b in zip(lrs[:5], lrs[1:6]))              # linear warm-up
+    assert lrs[5:16] == [pytest.approx(5e-4)] * 11                    # constant
+    assert all(a > b for a, b in zip(lrs[15:], lrs[16:]))             # linear cool-down
+    assert lrs[-1] == pytest.approx(1e-6)
+    assert lrs[1] - lrs[0] == pytest.approx(lrs[2] - lrs[1])
+
+
+def test_weight_decay_skips_biases_and_1d_params(tmp_path):
+    trainer = Trainer(small_config(tmp_path))
+    decay, no_decay = param_groups(trainer.jepa, 0.04)
+    names = {id(p): n for n, p in trainer.jepa.named_parameters()}
+    assert decay["weight_decay"] == 0.04 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 and not names[id(p)].endswith("bias") for p in decay["params"])
+    assert {names[id(p)] for p in no_decay["params"]} >= {"encoder.patch_bias", "encoder.norm.weight", "predictor.proj.bias"}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(trainer.jepa.parameters()))
+    trainer.close()
+
+
+# ---- checkpoints, resume, export, divergence ---------------------------------------------------
+
+def test_exact_resume(tmp_path):
+    full = Trainer(small_config(tmp_path / "full"))
+    losses = full.run()
+    interrupted = Trainer(small_config(tmp_path / "split"))
+    first = interrupted.run(until=3)
+    interrupted.close()
+    resumed = Trainer(small_config(tmp_path / "split", resume=True))
+    assert resumed.step == 3
+    rest = resumed.run()
+    assert first + rest == losses  # bit for bit
+    for a, b in zip(full.jepa.parameters(), resumed.jepa.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(full.target.parameters(), resumed.target.parameters()):
+        assert torch.equal(a, b)
+    full.close()
+    resumed.close()
+
+
+def test_checkpoint_is_metas_format_and_export_loads_in_transformers(tmp_path):
+    from vjepa_fast.model import VJEPA2Model
+    trainer = Trainer(small_config(tmp_path, steps=3, warmup_steps=1, cooldown_steps=1, export=True))
+    trainer.run()
+    path = tmp_path / "run" / "latest.pt"
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("encoder", "predictor", "target_encoder", "opt", "scaler", "epoch", "loss", "batch_size",
+                "world_size", "lr", "step", "rng", "data_position"):
+        assert key in state
+    assert all(k.startswith("module.backbone.") for part in ("encoder", "predictor", "target_encoder")
+               for k in state[part])
+    assert "module.backbone.blocks.0.attn.qkv.weight" in state["target_encoder"]
+    assert "module.backbone.mask_tokens.0" in state["predictor"]
+    # Our loader of Meta's checkpoints reads it back strictly.
+    model = VJEPA2Model.from_meta_checkpoint(str(path), config=trainer.model_config, encoder_key="target_encoder")
+    video = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        expected = trainer.target(video)
+        torch.testing.assert_close(model.get_vision_features(video), expected)
+        trainer.export(tmp_path / "hf")
+        hf = transformers.VJEPA2Model.from_pretrained(str(tmp_path / "hf")).eval()
+        torch.testing.assert_close(hf.get_vision_features(video), expected, atol=1e-5, rtol=1e-4)
+    trainer.close()
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    trainer = Trainer(small_config(tmp_path, steps=6, checkpoint_every=1))
+    trainer.run(until=2)
+    path = tmp_path / "run" / "latest.pt"
+    saved = path.read_bytes()
+    batch = next(iter(trainer.loader()))
+    batch.video[0, 0, 0, 0, 0] = float("nan")
+    before = [p.clone() for p in trainer.jepa.parameters()]
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 2.*latest.pt"):
+        trainer.train_step([batch])
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.jepa.parameters()))
+    assert path.read_bytes() == saved
+    trainer.close()
+
+
+def test_resume_rejects_a_different_batch_size(tmp_path):
+    Trainer(small_config(tmp_path, steps=3, warmup_steps=1, cooldown_steps=1)).run()
+    with pytest.raises(ValueError, match="batch_size"):
+        Trainer(small_config(tmp_path, steps=3, warmup_steps=1, cooldown_steps=1, batch_size=2, resume=True))
+
+
+# ---- real videos -------------------------------------------------------------------------------
+
+def test_corrupt_videos_are_skipped_counted_and_logged(tmp_path, caplog):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(2):
+        write_mp4(generate_clip(PhysicsConfig(frames=12, size=48), i)[0], folder / f"good_{i}.mp4")
+    (folder / "corrupt.mp4").write_bytes(torch.randint(0, 256, (4000,), dtype=torch.uint8).numpy().tobytes())
+    (folder / "empty.mp4").write_bytes(b"")
+    files = list_videos(str(folder))
+    assert len(files) == 4
+    clips = VideoClips(files, frames=4, fps=4.0, augment=Augment(32), seed=0)
+    with caplog.at_level(logging.WARNING):
+        items = [clips[k] for k in range(8)]
+    assert all(video.shape == (4, 3, 32, 32) and torch.isfinite(video).all() for video, _, _ in items)
+    assert sum(skipped for _, _, skipped in items) >= 2
+    assert "corrupt.mp4" in caplog.text and "empty.mp4" in caplog.text
+    # And training on the folder goes on, counting the skips.
+    trainer = Trainer(small_config(tmp_path, data=str(folder), steps=2, warmup_steps=0, cooldown_steps=0))
+    trainer.run()
+    assert trainer.skipped >= 1
+    trainer.close()
+
+
+def test_augmentation_is_seeded_and_in_range():
+    aug = Augment(24, (0.3, 1.0), (0.75, 1.35))
+    frames = torch.randint(0, 256, (3, 3, 40, 60), dtype=torch.uint8)
+    boxes = [aug.crop_box(40, 60, torch.Generator().manual_seed(mix_seed(0, k))) for k in range(200)]
+    for top, left, h, w in boxes:
+        assert 0 <= top and top + h <= 40 and 0 <= left and left + w <= 60
+        assert 0.3 * 2400 * 0.8 <= h * w <= 2400
+    assert len(set(boxes)) > 150
+    a = aug(frames, torch.Generator().manual_seed(3))
+    assert torch.equal(a, aug(frames, torch.Generator().manual_seed(3))) and a.shape == (3, 3, 24, 24)
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--data"):
+        list_videos(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no videos"):
+        list_videos(str(tmp_path / "empty"))
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+
+def test_cli_flags_map_one_to_one_onto_config_fields(capsys):
+    parser = build_parser(TrainConfig())
+    dests = {a.dest for a in parser._actions if a.dest != "help"}
+    assert dests == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert all(a.help for a in parser._actions)
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--help"])
+    assert e.value.code == 0 and "--activation-checkpointing" in capsys.readouterr().out
+    config = parse_args(["--steps", "30000", "--no-probe", "--preset", "vitl", "--data", "x.csv"])
+    assert (config.steps, config.probe, config.lr, config.crop_size, config.data) == (30000, False, 5.25e-4, 256, "x.csv")
+    assert parse_args([]) == TrainConfig()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--steps", "0"], "--steps must be an int >= 1"),
+    (["--lr", "-1"], "--lr must be a finite number"),
+    (["--lr", "nan"], "--lr must be a finite number"),
+    (["--dtype", "fp8"], "--dtype must be one of"),
+    (["--preset", "vitz"], "--preset must be one of"),
+    (["--model", "nope"], "--model must be one of"),
+    (["--warmup-steps", "400"], "must not exceed --steps"),
+    (["--crop-size", "40"], "multiple of --patch-size"),
+    (["--ema", "1.0"], "--ema must be in"),
+    (["--batch-size", "5", "--grad-accum", "2"], "divisible by --grad-accum"),
+    (["--heads", "5"], "divisible by num_attention_heads"),
+    (["--steps", "ten"], "invalid int value"),
+    (["--no-such-flag"], "unrecognized arguments"),
+])
+def test_bad_cli_values_are_rejected(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err

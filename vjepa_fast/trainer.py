@@ -1,0 +1,340 @@
+"""V-JEPA 2 pre-training (stage 1): the loss, the step, the loop, distributed runs and checkpoints.
+
+One step, as in Meta's app/vjepa/train.py:
+  target  = layer_norm(target_encoder(whole clip))                     (no grad, no affine)
+  for each mask config (context ids, target ids):
+      z   = encoder(clip, token_ids=context)   only the context tokens are embedded and encoded
+      p   = predictor(z, context, target)      with mask token 0 (Meta's index for a single
+                                               frames-per-clip group)
+      l_i = mean |p - target[target ids]|
+  loss = mean_i l_i;  AdamW;  target_encoder <- m * target_encoder + (1 - m) * encoder.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vjepa_fast.checkpoints import atomic_write, meta_to_ours, ours_to_meta, strip_meta_prefix
+from vjepa_fast.data import Collate, PhysicsTrainClips, StreamBatches, VideoClips, Augment, list_videos, make_loader
+from vjepa_fast.model import Encoder, Predictor, VJEPA2Model, gather_tokens
+from vjepa_fast.train_config import TrainConfig
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+class JEPA(nn.Module):
+    """The trained pair; one forward = the masked-prediction loss, so DDP/FSDP see a single module."""
+
+    def __init__(self, encoder: Encoder, predictor: Predictor):
+        super().__init__()
+        self.config = encoder.config  # what the checkpoint key mapping reads
+        self.encoder, self.predictor = encoder, predictor
+
+    def forward(self, video: Tensor, masks: list[tuple[Tensor, Tensor]], target: Tensor) -> Tensor:
+        """video (B, T, C, H, W); target (B, N, D) layer-normed target-encoder tokens -> scalar loss."""
+        grid = self.encoder.position_grid(video)
+        losses = []
+        for clips, context, target_ids, rows in batch_mask_configs(video, masks):
+            z = self.encoder(clips, token_ids=context)                                # (R, Kc, D)
+            pred = self.predictor(z, context, target_ids, grid, mask_index=0)         # (R, Kt, D)
+            goal = gather_tokens(target.repeat(rows, 1, 1), [target_ids])             # (R, Kt, D)
+            losses.append((pred.float() - goal.float()).abs().mean().expand(rows))
+        # Every mask config weighs the same, whatever its token count (Meta's mean of means).
+        return torch.cat(losses).mean()
+
+
+def batch_mask_configs(video: Tensor, masks: list[tuple[Tensor, Tensor]]):
+    """Mask configs whose index lists have the same shapes run as one batch (the clip repeated);
+    yields (clips, context ids, target ids, number of configs in the group)."""
+    if len({(c.shape, t.shape) for c, t in masks}) == 1 and len(masks) > 1:
+        yield (video.repeat(len(masks), 1, 1, 1, 1), torch.cat([c for c, _ in masks]),
+               torch.cat([t for _, t in masks]), len(masks))
+        return
+    for context, target in masks:
+        yield video, context, target, 1
+
+
+@torch.no_grad()
+def target_features(target_encoder: Encoder, video: Tensor) -> Tensor:
+    h = target_encoder(video)
+    return F.layer_norm(h, (h.shape[-1],))
+
+
+@torch.no_grad()
+def ema_update(target: list[Tensor], online: list[Tensor], momentum: float) -> None:
+    torch._foreach_mul_(target, momentum)
+    torch._foreach_add_(target, online, alpha=1 - momentum)
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """Linear warm-up start_lr -> lr, constant, then a linear cool-down that reaches final_lr at
+    the last step."""
+    c = config
+    if step < c.warmup_steps:
+        return c.start_lr + (c.lr - c.start_lr) * step / c.warmup_steps
+    decay_start = c.steps - c.cooldown_steps
+    if step < decay_start:
+        return c.lr
+    return c.lr + (c.final_lr - c.lr) * (step - decay_start + 1) / c.cooldown_steps
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Biases and 1-D parameters (LayerNorm weights) are not decayed (Meta's split)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if name.endswith("bias") or p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """Under torchrun (WORLD_SIZE set): NCCL on GPUs, gloo on CPU. Returns (rank, world, device)."""
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def rng_state() -> dict:
+    """Every generator's state, as tensors and tuples so torch.load(weights_only=True) reads it."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+            "python": random.getstate(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        c = self.config = config
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        self.rank, self.world, self.device = setup_distributed(c.device)
+        self.out = Path(c.out)
+        self.model_config = c.model_config()
+        torch.manual_seed(c.seed)  # the same initial weights on every rank
+        model = VJEPA2Model(self.model_config)  # Meta's initialisation
+        self.jepa = JEPA(model.encoder, model.predictor).to(self.device)
+        self.jepa.encoder.gradient_checkpointing = c.activation_checkpointing
+        self.jepa.predictor.gradient_checkpointing = c.activation_checkpointing
+        self.target = copy.deepcopy(self.jepa.encoder).requires_grad_(False)
+        self.target.gradient_checkpointing = False
+        use_bf16 = c.dtype == "bfloat16" or (c.dtype == "auto" and self.device.type == "cuda")
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        if c.compile:  # in place, so state-dict keys keep their names
+            self.jepa.encoder.compile()
+            self.jepa.predictor.compile()
+            self.target.compile()
+        self.model = self._distribute()
+        self.optimizer = torch.optim.AdamW(param_groups(self.jepa, c.weight_decay), lr=c.start_lr,
+                                           betas=(c.beta1, c.beta2), eps=1e-8)
+        self.step, self.skipped, self.history = 0, 0, []
+        if c.resume:
+            self.load(self.out / "latest.pt")
+
+    def _distribute(self) -> nn.Module:
+        if self.world == 1:
+            return self.jepa
+        if self.config.fsdp:
+            from torch.distributed.fsdp import fully_shard
+            for module in (self.jepa.encoder, self.jepa.predictor, self.target):
+                for block in module.blocks:
+                    fully_shard(block)
+            fully_shard(self.target)
+            return fully_shard(self.jepa)
+        from torch.nn.parallel import DistributedDataParallel
+        # Only one of the predictor's mask tokens is used, so some parameters get no gradient.
+        return DistributedDataParallel(self.jepa, find_unused_parameters=True,
+                                       device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def loader(self):
+        c = self.config
+        if c.data == "physics":
+            dataset = PhysicsTrainClips(c.frames, c.crop_size, c.max_balls, c.seed)
+        else:
+            augment = Augment(c.crop_size, (c.min_scale, c.max_scale), (c.min_aspect, c.max_aspect))
+            dataset = VideoClips(list_videos(c.data), c.frames, c.fps, augment, c.seed)
+        mc = self.model_config
+        grid = (c.frames // mc.tubelet_size, c.crop_size // mc.patch_size, c.crop_size // mc.patch_size)
+        batches = StreamBatches(self.step, c.batch_size, c.grad_accum, self.world, self.rank)
+        return make_loader(dataset, Collate(grid, c.mask_configs(), c.seed), batches, c.workers,
+                           pin=self.device.type == "cuda")
+
+    def train_step(self, micro_batches: list) -> float:
+        """One optimizer step over the micro-batches of this rank; returns the loss averaged over
+        micro-batches and ranks. Raises TrainingDiverged (before updating anything) on NaN/inf."""
+        lr = lr_at(self.config, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        for i, batch in enumerate(micro_batches):
+            video = batch.video.to(self.device, non_blocking=True)
+            masks = [(m.to(self.device), t.to(self.device)) for m, t in batch.masks]
+            last = i == len(micro_batches) - 1
+            sync = self.model.no_sync() if hasattr(self.model, "no_sync") and not last else nullcontext()
+            with sync, self.autocast:
+                target = target_features(self.target, video)
+                loss = self.model(video, masks, target) / len(micro_batches)
+            with sync:
+                loss.backward()
+            total += loss.detach()
+        if self.world > 1:
+            dist.all_reduce(total)
+            total /= self.world
+        value = float(total)
+        if not np.isfinite(value):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(f"loss is {value} at step {self.step}: training stopped; the last good "
+                                   f"checkpoint is {self.out / 'latest.pt'}")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        ema_update(list(self.target.parameters()), list(self.jepa.encoder.parameters()), self.config.ema)
+        self.step += 1
+        return value
+
+    def run(self, until: int | None = None) -> list[float]:
+        """Trains up to step `until` (default: config.steps); returns this run's losses."""
+        from tqdm import tqdm
+        c = self.config
+        until = c.steps if until is None else min(until, c.steps)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+        losses = []
+        if self.step >= until:
+            return losses
+        bar = tqdm(total=until, initial=self.step, disable=self.rank != 0 or not c.progress, desc="pre-training",
+                   unit="step", dynamic_ncols=True)
+        data = iter(self.loader())
+        t0, clips = time.perf_counter(), 0
+        while self.step < until:
+            micro = [next(data) for _ in range(c.grad_accum)]
+            skipped = sum(b.skipped for b in micro)
+            lr = lr_at(c, self.step)
+            loss = self.train_step(micro)
+            clips += c.batch_size * self.world
+            self.skipped += skipped
+            speed = clips / (time.perf_counter() - t0)
+            losses.append(loss)
+            self.history.append({"step": self.step, "loss": loss, "lr": lr, "clips_per_s": speed,
+                                 "skipped_videos": self.skipped})
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{speed:.1f}")
+            bar.update(1)
+            if self.step % c.checkpoint_every == 0 or self.step == c.steps:
+                self.save(self.out / "latest.pt")
+        bar.close()
+        if self.rank == 0:
+            self.write_log()
+        return losses
+
+    def write_log(self) -> None:
+        rows = self.history
+        text = ",".join(rows[0]) + "\n" + "".join(",".join(f"{v:.6g}" if isinstance(v, float) else str(v)
+                                                            for v in r.values()) + "\n" for r in rows)
+        atomic_write(self.out / "log.csv", lambda p: Path(p).write_text(text))
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def _full_state(self) -> tuple[dict, dict, dict]:
+        """Unsharded (model, target, optimizer) state dicts, gathered on every rank under FSDP."""
+        if self.config.fsdp and self.world > 1:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                                 get_optimizer_state_dict)
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return (get_model_state_dict(self.jepa, options=options),
+                    get_model_state_dict(self.target, options=options),
+                    get_optimizer_state_dict(self.jepa, self.optimizer, options=options))
+        return self.jepa.state_dict(), self.target.state_dict(), self.optimizer.state_dict()
+
+    def save(self, path: Path) -> None:
+        """Meta's checkpoint keys (module.backbone.-prefixed Meta layouts) plus what exact resume needs."""
+        model_state, target_state, opt_state = self._full_state()
+        if self.rank == 0:
+            # ours_to_meta reads only .state_dict(): hand it the gathered (possibly unsharded) states.
+            encoder, predictor = ours_to_meta(SimpleNamespace(state_dict=lambda: model_state))
+            target_encoder, _ = ours_to_meta(SimpleNamespace(
+                state_dict=lambda: {f"encoder.{k}": v for k, v in target_state.items()}))
+            history = self.history
+            state = {"encoder": encoder, "predictor": predictor, "target_encoder": target_encoder,
+                     "opt": opt_state, "scaler": None, "epoch": self.step, "loss": history[-1]["loss"] if history else None,
+                     "batch_size": self.config.batch_size, "world_size": self.world,
+                     "lr": lr_at(self.config, max(self.step - 1, 0)),
+                     "step": self.step, "data_position": self.step * self.world * self.config.batch_size,
+                     "skipped_videos": self.skipped, "rng": rng_state(), "history": history,
+                     "config": asdict(self.config)}
+            atomic_write(path, lambda p: torch.save(state, p))
+        if self.world > 1:
+            dist.barrier()
+
+    def load(self, path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("batch_size", "world_size"):
+            ours = self.config.batch_size if key == "batch_size" else self.world
+            if state[key] != ours:
+                raise ValueError(f"--resume: {path} was written with {key}={state[key]}, this run has {ours}; "
+                                 "exact resume needs the same value")
+        predictor = strip_meta_prefix(state["predictor"])
+        ours = meta_to_ours(self.jepa, strip_meta_prefix(state["encoder"]), predictor, str(path))
+        target = meta_to_ours(self.jepa, strip_meta_prefix(state["target_encoder"]), predictor, str(path))
+        target = {k[len("encoder."):]: v for k, v in target.items() if k.startswith("encoder.")}
+        if self.config.fsdp and self.world > 1:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+            options = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.jepa, ours, options=options)
+            set_model_state_dict(self.target, target, options=options)
+            set_optimizer_state_dict(self.jepa, self.optimizer, state["opt"], options=options)
+        else:
+            self.jepa.load_state_dict(ours, strict=True)
+            self.target.load_state_dict(target, strict=True)
+            self.optimizer.load_state_dict(state["opt"])
+        self.step, self.skipped, self.history = state["step"], state["skipped_videos"], state["history"]
+        set_rng_state(state["rng"])
+
+    def export(self, directory: Path) -> None:
+        """The target encoder (what Meta releases) and the predictor, as a transformers checkpoint."""
+        model_state, target_state, _ = self._full_state()
+        if self.rank == 0:
+            model = VJEPA2Model(self.model_config)
+            model.predictor.load_state_dict({k[len("predictor."):]: v for k, v in model_state.items()
+                                             if k.startswith("predictor.")})
+            model.encoder.load_state_dict(target_state)
+            model.save_pretrained(str(directory))
+
+    def close(self) -> None:
+        """Releases the model and, under torchrun, leaves the process group cleanly (gloo can abort
+        at exit when a process group is left open)."""
+        del self.model, self.jepa, self.target, self.optimizer
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
