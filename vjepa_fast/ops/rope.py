@@ -16,17 +16,56 @@ dtype only when applied.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor
 
+from vjepa_fast.ops.dispatch import use_triton
 
-class Rope(NamedTuple):
-    """What an attention layer needs to rotate q and k, computed once per forward pass."""
-    positions: Tensor  # (B or 1, N, 3) fp32: (t, h, w) per token (integers, or scaled grid positions)
-    cos: Tensor        # (B or 1, 1, N, hd) fp32
-    sin: Tensor        # (B or 1, 1, N, hd) fp32
+
+class Rope:
+    """What an attention layer needs to rotate q and k, computed once per forward pass.
+
+    positions (B or 1, N, 3) fp32: (t, h, w) per token (integers, or scaled grid positions).
+    cos, sin (B or 1, 1, N, hd) fp32 tables for the PyTorch path, built on first use: the fused
+    kernel computes its angles from the positions and never needs them.
+    mode "tile" | "interleave"; None when the Rope was made from tables alone, which then keeps
+    it on the PyTorch path (the kernel needs the mode).
+    """
+
+    def __init__(self, positions: Tensor, cos: Tensor | None = None, sin: Tensor | None = None,
+                 mode: str | None = None, head_dim: int | None = None):
+        if (cos is None) != (sin is None):
+            raise ValueError("Rope: give both cos and sin tables, or neither")
+        if cos is None and (mode is None or head_dim is None):
+            raise ValueError("Rope: without cos/sin tables, mode and head_dim are needed to build them")
+        if mode not in (None, "tile", "interleave"):
+            raise ValueError(f"Rope: mode must be 'tile' or 'interleave', got {mode!r}")
+        self.positions = positions
+        self.mode = mode
+        self.head_dim = head_dim if cos is None else cos.shape[-1]
+        self._cos, self._sin = cos, sin
+
+    def _tables(self) -> tuple[Tensor, Tensor]:
+        if self._cos is None:
+            angles = rope_angles(self.positions, self.head_dim, self.mode).unsqueeze(1)  # (B|1, 1, N, hd)
+            self._cos, self._sin = angles.cos(), angles.sin()
+        return self._cos, self._sin
+
+    @property
+    def cos(self) -> Tensor:
+        return self._tables()[0]
+
+    @property
+    def sin(self) -> Tensor:
+        return self._tables()[1]
+
+    def narrow(self, start: int, length: int) -> "Rope":
+        """Tokens [start, start + length) (start may be negative, as in Tensor.narrow), e.g. the
+        queries of the last step when the keys span the whole key/value cache."""
+        cos = sin = None
+        if self._cos is not None:
+            cos, sin = self._cos.narrow(2, start, length), self._sin.narrow(2, start, length)
+        return Rope(self.positions.narrow(1, start, length), cos, sin, self.mode, self.head_dim)
 
 
 def segment_width(head_dim: int) -> int:
@@ -70,14 +109,18 @@ def rope_angles(positions: Tensor, head_dim: int, mode: str) -> Tensor:
 
 
 def make_rope(positions: Tensor, head_dim: int, mode: str) -> Rope:
-    """Tables for (B or 1, N, 3) positions, shaped to broadcast over heads: (B or 1, 1, N, hd).
+    """Rope for (B or 1, N, 3) positions; tables shaped to broadcast over heads: (B or 1, 1, N, hd).
     A token whose h and w positions are 0 is rotated by time only (angle 0 is the identity): this
-    is how the action-conditioned predictor's action and state tokens are expressed."""
+    is how the action-conditioned predictor's action and state tokens are expressed. The tables
+    are built now unless the fused kernel will rotate in-kernel (then only if something asks)."""
     if head_dim % 2:
         raise ValueError(f"rope: head_dim must be even, got {head_dim}")
-    positions = positions.to(torch.float32)
-    angles = rope_angles(positions, head_dim, mode).unsqueeze(1)
-    return Rope(positions, angles.cos(), angles.sin())
+    if mode not in ("tile", "interleave"):
+        raise ValueError(f"rope: mode must be 'tile' or 'interleave', got {mode!r}")
+    rope = Rope(positions.to(torch.float32), mode=mode, head_dim=head_dim)
+    if not use_triton(positions):
+        rope._tables()
+    return rope
 
 
 def rotate_pairs(x: Tensor) -> Tensor:

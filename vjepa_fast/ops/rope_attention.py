@@ -1,17 +1,35 @@
-"""Attention with 3D RoPE on q and k: the op every transformer block calls."""
+"""Attention with 3D RoPE on q and k: the op every transformer block calls.
+
+`rope_attention` sends CUDA tensors to the fused Triton kernel (vjepa_fast/kernels/rope_attention.py:
+q and k rotated in registers, flash attention, optional block-causal mask) and everything else to
+`rope_attention_ref`; vjepa_fast.ops.dispatch decides (VJEPA_FAST_REFERENCE=1 forces the reference).
+
+The kernel is registered as two custom ops, `vjepa_fast::rope_attention_fwd` -> (out, lse) and
+`vjepa_fast::rope_attention_bwd`, with `torch.library.triton_op`, so torch.compile sees the Triton
+kernels inside and fuses around them, and with autograd between the two. Their non-CUDA branch
+is the same maths in plain PyTorch (`_fwd_math`, `_bwd_math`): the dispatcher never sends CPU
+tensors there, but it lets `torch.library.opcheck` check the registration (schema, fake tensors,
+autograd) on CPU, and it runs under fake CPU tensors while tracing. The Triton interpreter cannot
+run on fake tensors, so the kernels themselves are tested by calling the launchers on CPU tensors
+with TRITON_INTERPRET=1 (tests/test_rope_attention.py).
+"""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vjepa_fast.ops.rope import Rope, apply_rope_ref
+from vjepa_fast.ops.dispatch import triton_available, use_triton
+from vjepa_fast.ops.rope import Rope, apply_rope_ref, rope_angles, rotate_pairs
 
 
 def rope_attention_ref(q: Tensor, k: Tensor, v: Tensor, q_rope: Rope, k_rope: Rope | None = None,
                        causal_block: int = 0) -> Tensor:
     """Plain PyTorch: rotate q with q_rope and k with k_rope (default q_rope), then softmax attention
     with scale head_dim**-0.5. q (B, heads, Nq, hd); k, v (B, heads, Nk, hd) -> (B, heads, Nq, hd).
+    The rotation is the tables' (the V-JEPA 2 "tile" quirk or the true "interleave" rotation).
 
     causal_block > 0: block-causal over time steps of causal_block tokens. Queries are aligned to
     the end of the keys (query i sits at key position i + Nk - Nq, as with a key/value cache);
@@ -37,6 +55,127 @@ def rope_attention_ref(q: Tensor, k: Tensor, v: Tensor, q_rope: Rope, k_rope: Ro
     return torch.cat(out, dim=2)
 
 
+def check_args(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, causal_block: int) -> None:
+    """Shapes and dtypes at the op boundary; messages name the op and the argument."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"rope_attention: q, k, v must be (B, heads, N, head_dim), got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    B, H, Nq, hd = q.shape
+    Nk = k.shape[2]
+    if k.shape != (B, H, Nk, hd) or v.shape != k.shape:
+        raise ValueError(f"rope_attention: k and v must be ({B}, {H}, Nk, {hd}) to match q, got "
+                         f"{tuple(k.shape)} and {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"rope_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    for name, pos, n in (("q_rope.positions", q_pos, Nq), ("k_rope.positions", k_pos, Nk)):
+        if pos.dim() != 3 or pos.shape[0] not in (1, B) or tuple(pos.shape[1:]) != (n, 3):
+            raise ValueError(f"rope_attention: {name} must be ({B} or 1, {n}, 3), got {tuple(pos.shape)}")
+    if causal_block > 0 and Nk < Nq:
+        raise ValueError(f"rope_attention: block-causal attention needs at least as many keys ({Nk}) as queries ({Nq})")
+
+
+def _tables(pos: Tensor, head_dim: int, tile: bool) -> tuple[Tensor, Tensor]:
+    angles = rope_angles(pos.to(torch.float32), head_dim, "tile" if tile else "interleave").unsqueeze(1)
+    return angles.cos(), angles.sin()  # (B|1, 1, N, hd)
+
+
+def _visible(n_q: int, n_k: int, causal_block: int, device) -> Tensor | None:
+    """(Nq, Nk) bool block-causal mask, queries aligned to the end of the keys; None without one."""
+    if causal_block <= 0:
+        return None
+    query_at = torch.arange(n_q, device=device) + (n_k - n_q)
+    limit = (query_at // causal_block + 1) * causal_block
+    return torch.arange(n_k, device=device)[None, :] < limit[:, None]
+
+
+def _probabilities(q_rot: Tensor, k_rot: Tensor, lse2: Tensor | None, causal_block: int) -> tuple[Tensor, Tensor]:
+    """Softmax of the scaled scores and their log2-sum-exp2 (the kernel's lse convention)."""
+    scores = (q_rot @ k_rot.transpose(-1, -2)) * (q_rot.shape[-1] ** -0.5 * math.log2(math.e))  # (B, H, Nq, Nk)
+    visible = _visible(q_rot.shape[2], k_rot.shape[2], causal_block, q_rot.device)
+    if visible is not None:
+        scores = scores.masked_fill(~visible, float("-inf"))
+    if lse2 is None:
+        lse2 = torch.logsumexp(scores * math.log(2.0), dim=-1) * math.log2(math.e)
+    return torch.exp2(scores - lse2[..., None]), lse2
+
+
+def _fwd_math(q, k, v, q_pos, k_pos, tile: bool, causal_block: int) -> tuple[Tensor, Tensor]:
+    hd = q.shape[-1]
+    q_rot = apply_rope_ref(q.float(), *_tables(q_pos, hd, tile))
+    k_rot = apply_rope_ref(k.float(), *_tables(k_pos, hd, tile))
+    p, lse2 = _probabilities(q_rot, k_rot, None, causal_block)
+    return (p @ v.float()).to(q.dtype), lse2
+
+
+def _bwd_math(do, q, k, v, o, lse, q_pos, k_pos, tile: bool, causal_block: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The kernel's backward in PyTorch: recompute p from lse, then the RoPE transpose
+    (C + S R)^T g = C g - R (S g) carries the rotated-space gradients back (tile mode is not
+    orthogonal: the transpose, not the inverse)."""
+    hd = q.shape[-1]
+    q_cos, q_sin = _tables(q_pos, hd, tile)
+    k_cos, k_sin = _tables(k_pos, hd, tile)
+    q_rot = apply_rope_ref(q.float(), q_cos, q_sin)
+    k_rot = apply_rope_ref(k.float(), k_cos, k_sin)
+    p, _ = _probabilities(q_rot, k_rot, lse, causal_block)
+    do = do.float()
+    delta = (do * o.float()).sum(-1, keepdim=True)  # (B, H, Nq, 1)
+    ds = p * (do @ v.float().transpose(-1, -2) - delta) * hd**-0.5
+    dq_rot, dk_rot = ds @ k_rot, ds.transpose(-1, -2) @ q_rot
+    dq = dq_rot * q_cos - rotate_pairs(dq_rot * q_sin)
+    dk = dk_rot * k_cos - rotate_pairs(dk_rot * k_sin)
+    return dq.to(q.dtype), dk.to(k.dtype), (p.transpose(-1, -2) @ do).to(v.dtype)
+
+
+if triton_available():
+    from torch.library import triton_op
+
+    from vjepa_fast.kernels import rope_attention as kernels
+
+    @triton_op("vjepa_fast::rope_attention_fwd", mutates_args=())
+    def rope_attention_fwd(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, tile: bool,
+                           causal_block: int) -> tuple[Tensor, Tensor]:
+        """-> out (B, H, Nq, hd) and lse (B, H, Nq) fp32 (log2 units; not differentiable)."""
+        if q.is_cuda:
+            return kernels.rope_attention_fwd(q, k, v, q_pos, k_pos, tile, causal_block)
+        return _fwd_math(q, k, v, q_pos, k_pos, tile, causal_block)
+
+    @triton_op("vjepa_fast::rope_attention_bwd", mutates_args=())
+    def rope_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, q_pos: Tensor,
+                           k_pos: Tensor, tile: bool, causal_block: int) -> tuple[Tensor, Tensor, Tensor]:
+        if q.is_cuda:
+            return kernels.rope_attention_bwd(do, q, k, v, o, lse, q_pos, k_pos, tile, causal_block)
+        return _bwd_math(do, q, k, v, o, lse, q_pos, k_pos, tile, causal_block)
+
+    def _setup_context(ctx, inputs, output):
+        q, k, v, q_pos, k_pos, tile, causal_block = inputs
+        o, lse = output
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(q, k, v, o, lse, q_pos, k_pos)
+        ctx.tile, ctx.causal_block = tile, causal_block
+
+    def _backward(ctx, do, _dlse):
+        q, k, v, o, lse, q_pos, k_pos = ctx.saved_tensors
+        dq, dk, dv = rope_attention_bwd(do.contiguous(), q, k, v, o, lse, q_pos, k_pos, ctx.tile, ctx.causal_block)
+        return dq, dk, dv, None, None, None, None
+
+    rope_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def use_fused(q: Tensor, k: Tensor, v: Tensor, q_rope: Rope, k_rope: Rope) -> bool:
+    """The kernel handles CUDA tensors of its dtypes and head dims whose Ropes carry a mode."""
+    if not use_triton(q, k, v):
+        return False
+    return (q.dtype in kernels.DTYPES and q.shape[-1] in kernels.HEAD_DIMS
+            and q_rope.mode is not None and q_rope.mode == k_rope.mode)
+
+
 def rope_attention(q: Tensor, k: Tensor, v: Tensor, q_rope: Rope, k_rope: Rope | None = None,
                    causal_block: int = 0) -> Tensor:
+    """rope_attention_ref's maths; fused kernel on CUDA (see the module docstring)."""
+    k_rope = q_rope if k_rope is None else k_rope
+    check_args(q, k, v, q_rope.positions, k_rope.positions, causal_block)
+    if use_fused(q, k, v, q_rope, k_rope):
+        out, _ = torch.ops.vjepa_fast.rope_attention_fwd(q, k, v, q_rope.positions, k_rope.positions,
+                                                         q_rope.mode == "tile", max(causal_block, 0))
+        return out
     return rope_attention_ref(q, k, v, q_rope, k_rope, causal_block)

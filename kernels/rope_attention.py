@@ -1,0 +1,353 @@
+"""Fused 3D-RoPE flash attention (Triton): forward and backward, optionally block-causal.
+
+Maths. Per (batch b, head h), with scale c = head_dim**-0.5:
+    q' = rope(q, pos_q),  k' = rope(k, pos_k)          (rotated in registers, never stored)
+    o  = softmax(c * q' k'^T + mask) v,   lse = logsumexp of each score row (kept for backward)
+rope(x)[j] = x[j] cos(a_j) + sign_j x[j^1] sin(a_j), sign_j = -1 for even j, +1 for odd j, with
+a_j = pos[axis(j)] * w(j): axis(j) = j // s (s = 2*((hd//3)//2)), and for j >= 3s (tail
+channels) w = 0, the identity. Within an axis segment, channel i = j - axis*s uses frequency
+index i mod s/2 in "tile" mode (the V-JEPA 2 quirk) and i // 2 in "interleave" mode;
+w_k = 10000 ** (-k / (s/2)). Angles are computed here in fp32 from the fp32 positions.
+
+Backward (recompute; only lse is stored): with p = softmax row, delta = rowsum(do * o),
+    dv = p^T do,  ds = p * (do v^T - delta),  dq' = c ds k',  dk' = c ds^T q'.
+rope is x -> (C + S R) x with diagonal C, S and R the pair map (x[2i], x[2i+1]) -> (-x[2i+1], x[2i]).
+In tile mode the two members of a pair use different angles, so the map is not orthogonal and its
+inverse is not its transpose; the gradient needs the transpose (C + S R)^T = C - R S:
+    dx[2i] = cos(a_2i) g[2i] + sin(a_2i+1) g[2i+1],  dx[2i+1] = cos(a_2i+1) g[2i+1] - sin(a_2i) g[2i].
+
+Block-causal mask (causal_block = C > 0): query i sits at key position i + Nk - Nq (queries
+aligned to the end of the keys, as with a key/value cache) and may attend key j iff
+j < (step + 1) * C with step = (i + Nk - Nq) // C. Key tiles past the last row's limit are not
+visited (loop bound); tiles straddling a limit are masked element-wise.
+
+Tensors: q (B, H, Nq, hd), k/v (B, H, Nk, hd), any strides with the last dim contiguous;
+positions (B or 1, N, 3) fp32 contiguous (batch stride 0 when shared); o like q; lse (B, H, Nq) fp32.
+Head dims 32, 64, 80 (80 runs in a 128-wide tile, the padding channels masked to zero).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+HEAD_DIMS = (32, 64, 80)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+LOG2E = 1.4426950408889634
+LOG2_THETA = tl.constexpr(math.log2(10000.0))  # log2 of the RoPE base
+
+
+def interpreting() -> bool:
+    return triton.knobs.runtime.interpret
+
+
+@triton.jit
+def _fast_cos(x):
+    return tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _fast_sin(x):
+    return tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _cos_sin(pos_ptr, rows, n_rows, cols, SEG: tl.constexpr, TILE: tl.constexpr, FAST_TRIG: tl.constexpr):
+    """(R, BLOCK_D) fp32 cos/sin of each row's angle for each channel; tail and padding get (1, 0).
+    FAST_TRIG uses the GPU's sin.approx/cos.approx (abs. error ~1e-6 for |a| < 100 pi; angles here
+    are position * w <= position): libdevice's accurate sinf needs a spill stack for its slow
+    argument reduction. The interpreter has no inline assembly and uses the exact functions."""
+    axis = cols // SEG
+    i = cols - axis * SEG
+    if TILE:
+        k = i % (SEG // 2)
+    else:
+        k = i // 2
+    freq = tl.exp2(k.to(tl.float32) * (-LOG2_THETA / (SEG // 2)))
+    freq = tl.where(axis < 3, freq, 0.0)
+    in_rows = rows < n_rows
+    p_t = tl.load(pos_ptr + rows * 3 + 0, mask=in_rows, other=0.0)
+    p_h = tl.load(pos_ptr + rows * 3 + 1, mask=in_rows, other=0.0)
+    p_w = tl.load(pos_ptr + rows * 3 + 2, mask=in_rows, other=0.0)
+    pos = tl.where(axis[None, :] == 0, p_t[:, None], tl.where(axis[None, :] == 1, p_h[:, None], p_w[:, None]))
+    angle = pos * freq[None, :]
+    if FAST_TRIG:
+        return _fast_cos(angle), _fast_sin(angle)
+    else:
+        return tl.cos(angle), tl.sin(angle)
+
+
+@triton.jit
+def _load_rotated(ptr, row_stride, rows, n_rows, cols, pos_ptr, HEAD_DIM: tl.constexpr, SEG: tl.constexpr,
+                  TILE: tl.constexpr, FAST_TRIG: tl.constexpr):
+    """rope(x) for rows `rows` of a (n_rows, HEAD_DIM) matrix, fp32. The pair partner x[j^1] is a
+    second load of the same cache lines, cheaper than shuffling registers across threads."""
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < HEAD_DIM)
+    base = ptr + rows[:, None] * row_stride
+    x = tl.load(base + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    partner = tl.load(base + (cols ^ 1)[None, :], mask=mask, other=0.0).to(tl.float32)
+    sign = tl.where(cols % 2 == 0, -1.0, 1.0)
+    cos, sin = _cos_sin(pos_ptr, rows, n_rows, cols, SEG, TILE, FAST_TRIG)
+    return x * cos + sign[None, :] * partner * sin
+
+
+@triton.jit
+def _rope_transpose(g, pos_ptr, rows, n_rows, cols, BLOCK_D: tl.constexpr, SEG: tl.constexpr,
+                    TILE: tl.constexpr, FAST_TRIG: tl.constexpr):
+    """(C - R S) g for a gradient tile g (R, BLOCK_D) held in registers: the RoPE transpose."""
+    cos, sin = _cos_sin(pos_ptr, rows, n_rows, cols, SEG, TILE, FAST_TRIG)
+    t_even, t_odd = tl.split(tl.reshape(sin * g, (g.shape[0], BLOCK_D // 2, 2)))  # (R, BLOCK_D/2) each
+    pair_map = tl.reshape(tl.join(-t_odd, t_even), (g.shape[0], BLOCK_D))        # R(S g)
+    return cos * g - pair_map
+
+
+@triton.jit
+def _key_limit(rows, n_q, n_k, causal_block, CAUSAL: tl.constexpr):
+    """Exclusive bound of the keys each query row may attend to."""
+    if CAUSAL:
+        step = (rows + (n_k - n_q)) // causal_block
+        return tl.minimum((step + 1) * causal_block, n_k)
+    else:
+        return tl.zeros_like(rows) + n_k
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, QPOS, KPOS, O, LSE,
+                stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+                stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
+                stride_qpb, stride_kpb, n_heads, n_q, n_k, causal_block, qk_scale,
+                HEAD_DIM: tl.constexpr, SEG: tl.constexpr, TILE: tl.constexpr, CAUSAL: tl.constexpr,
+                FAST_TRIG: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // n_heads
+    h = bh % n_heads
+    dtype = Q.dtype.element_ty
+    q_base = Q + b * stride_qb + h * stride_qh
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    qpos = QPOS + b * stride_qpb
+    kpos = KPOS + b * stride_kpb
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    q = _load_rotated(q_base, stride_qn, rows, n_q, cols, qpos, HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
+    limit = _key_limit(rows, n_q, n_k, causal_block, CAUSAL)
+    # Key tiles beyond the last row's limit are fully masked for the whole block: skip them.
+    hi = tl.max(tl.where(rows < n_q, limit, 0), axis=0)
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    for start_n in range(0, hi, BLOCK_N):
+        keys = start_n + tl.arange(0, BLOCK_N)
+        k = _load_rotated(k_base, stride_kn, keys, n_k, cols, kpos, HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
+        v = tl.load(v_base + keys[:, None] * stride_vn + cols[None, :],
+                    mask=(keys[:, None] < n_k) & (cols[None, :] < HEAD_DIM), other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        s = tl.where(keys[None, :] < limit[:, None], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    acc = acc / l_i[:, None]
+    in_rows = rows < n_q
+    tl.store(O + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + cols[None, :], acc.to(dtype),
+             mask=in_rows[:, None] & (cols[None, :] < HEAD_DIM))
+    tl.store(LSE + bh * n_q + rows, m_i + tl.log2(l_i), mask=in_rows)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, DK, DV,
+                     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+                     stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
+                     stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+                     stride_qpb, stride_kpb, n_heads, n_q, n_k, causal_block, qk_scale, sm_scale,
+                     HEAD_DIM: tl.constexpr, SEG: tl.constexpr, TILE: tl.constexpr, CAUSAL: tl.constexpr,
+                     FAST_TRIG: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One key tile per program, looping over the query tiles that can see it."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // n_heads
+    h = bh % n_heads
+    dtype = Q.dtype.element_ty
+    q_base = Q + b * stride_qb + h * stride_qh
+    do_base = DO + b * stride_dob + h * stride_doh
+    qpos = QPOS + b * stride_qpb
+    kpos = KPOS + b * stride_kpb
+
+    keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols[None, :] < HEAD_DIM
+    k = _load_rotated(K + b * stride_kb + h * stride_kh, stride_kn, keys, n_k, cols, kpos,
+                      HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
+    v = tl.load(V + b * stride_vb + h * stride_vh + keys[:, None] * stride_vn + cols[None, :],
+                mask=(keys[:, None] < n_k) & col_ok, other=0.0)
+    lo = 0
+    if CAUSAL:
+        # The first query whose step reaches this tile's first key; earlier query tiles see none of it.
+        first_query = (pid_n * BLOCK_N) // causal_block * causal_block - (n_k - n_q)
+        lo = tl.maximum(first_query, 0) // BLOCK_M * BLOCK_M
+
+    dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    for start_m in range(lo, n_q, BLOCK_M):
+        rows = start_m + tl.arange(0, BLOCK_M)
+        in_rows = rows < n_q
+        q = _load_rotated(q_base, stride_qn, rows, n_q, cols, qpos, HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
+        do = tl.load(do_base + rows[:, None] * stride_don + cols[None, :], mask=in_rows[:, None] & col_ok, other=0.0)
+        lse = tl.load(LSE + bh * n_q + rows, mask=in_rows, other=0.0)
+        delta = tl.load(DELTA + bh * n_q + rows, mask=in_rows, other=0.0)
+        limit = _key_limit(rows, n_q, n_k, causal_block, CAUSAL)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        visible = (keys[None, :] < limit[:, None]) & in_rows[:, None]
+        p = tl.where(visible, tl.exp2(s - lse[:, None]), 0.0)
+        dv += tl.dot(tl.trans(p.to(dtype)), do, input_precision=DOT_PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(dtype)), q, input_precision=DOT_PRECISION)
+
+    dk = _rope_transpose(dk * sm_scale, kpos, keys, n_k, cols, BLOCK_D, SEG, TILE, FAST_TRIG)
+    out_mask = (keys[:, None] < n_k) & col_ok
+    tl.store(DK + b * stride_dkb + h * stride_dkh + keys[:, None] * stride_dkn + cols[None, :],
+             dk.to(dtype), mask=out_mask)
+    tl.store(DV + b * stride_dvb + h * stride_dvh + keys[:, None] * stride_dvn + cols[None, :],
+             dv.to(dtype), mask=out_mask)
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, DQ,
+                   stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+                   stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
+                   stride_dqb, stride_dqh, stride_dqn,
+                   stride_qpb, stride_kpb, n_heads, n_q, n_k, causal_block, qk_scale, sm_scale,
+                   HEAD_DIM: tl.constexpr, SEG: tl.constexpr, TILE: tl.constexpr, CAUSAL: tl.constexpr,
+                   FAST_TRIG: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One query tile per program, looping over the key tiles it can see."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // n_heads
+    h = bh % n_heads
+    dtype = Q.dtype.element_ty
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    qpos = QPOS + b * stride_qpb
+    kpos = KPOS + b * stride_kpb
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    in_rows = rows < n_q
+    col_ok = cols[None, :] < HEAD_DIM
+    q = _load_rotated(Q + b * stride_qb + h * stride_qh, stride_qn, rows, n_q, cols, qpos,
+                      HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_don + cols[None, :],
+                 mask=in_rows[:, None] & col_ok, other=0.0)
+    lse = tl.load(LSE + bh * n_q + rows, mask=in_rows, other=0.0)
+    delta = tl.load(DELTA + bh * n_q + rows, mask=in_rows, other=0.0)
+    limit = _key_limit(rows, n_q, n_k, causal_block, CAUSAL)
+    hi = tl.max(tl.where(in_rows, limit, 0), axis=0)
+
+    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    for start_n in range(0, hi, BLOCK_N):
+        keys = start_n + tl.arange(0, BLOCK_N)
+        k = _load_rotated(k_base, stride_kn, keys, n_k, cols, kpos, HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
+        v = tl.load(v_base + keys[:, None] * stride_vn + cols[None, :],
+                    mask=(keys[:, None] < n_k) & col_ok, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        visible = (keys[None, :] < limit[:, None]) & in_rows[:, None]
+        p = tl.where(visible, tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(dtype), k, input_precision=DOT_PRECISION)
+
+    dq = _rope_transpose(dq * sm_scale, qpos, rows, n_q, cols, BLOCK_D, SEG, TILE, FAST_TRIG)
+    tl.store(DQ + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqn + cols[None, :],
+             dq.to(dtype), mask=in_rows[:, None] & col_ok)
+
+
+class LaunchConfig:
+    """Tile sizes and flags the launcher picks for one (head_dim, dtype, pass); the AOT test
+    compiles exactly these."""
+
+    def __init__(self, head_dim: int, dtype: torch.dtype, backward: bool):
+        self.block_d = triton.next_power_of_2(head_dim)
+        if backward:
+            self.block_m, self.block_n = 64, 64
+            self.num_warps = 4
+        else:
+            self.block_m, self.block_n = (128, 64) if dtype != torch.float32 else (64, 64)
+            self.num_warps = 8 if self.block_d >= 64 else 4
+        self.num_stages = 2
+        # fp32 inputs get full-precision products (no TF32), so the kernel is as exact as PyTorch.
+        self.dot_precision = "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _positions(pos: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """fp32 contiguous positions and their batch stride (0 when shared by the whole batch)."""
+    pos = pos.to(torch.float32).contiguous()
+    return pos, (pos.stride(0) if pos.shape[0] > 1 else 0)
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def rope_attention_fwd(q, k, v, q_pos, k_pos, tile: bool, causal_block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launches the forward kernel: returns o (B, H, Nq, hd) in q's dtype and lse (B, H, Nq) fp32
+    (log2 units, of the scores scaled by head_dim**-0.5)."""
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    B, H, n_q, hd = q.shape
+    n_k = k.shape[2]
+    q_pos, qpb = _positions(q_pos)
+    k_pos, kpb = _positions(k_pos)
+    o = torch.empty_like(q)
+    lse = torch.empty((B, H, n_q), device=q.device, dtype=torch.float32)
+    cfg = LaunchConfig(hd, q.dtype, backward=False)
+    grid = (triton.cdiv(n_q, cfg.block_m), B * H)
+    wrap_triton(_fwd_kernel)[grid](
+        q, k, v, q_pos, k_pos, o, lse,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        qpb, kpb, H, n_q, n_k, max(causal_block, 1), hd**-0.5 * LOG2E,
+        HEAD_DIM=hd, SEG=2 * ((hd // 3) // 2), TILE=tile, CAUSAL=causal_block > 0,
+        FAST_TRIG=not interpreting(), DOT_PRECISION=cfg.dot_precision,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return o, lse
+
+
+def rope_attention_bwd(do, q, k, v, o, lse, q_pos, k_pos, tile: bool,
+                       causal_block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launches the two backward kernels; returns dq, dk, dv in the dtypes of q, k, v."""
+    do, q, k, v = (_last_dim_contiguous(x) for x in (do, q, k, v))
+    B, H, n_q, hd = q.shape
+    n_k = k.shape[2]
+    q_pos, qpb = _positions(q_pos)
+    k_pos, kpb = _positions(k_pos)
+    delta = (do.float() * o.float()).sum(-1)  # (B, H, Nq): rowsum(do * o), a memory-bound pass
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    cfg = LaunchConfig(hd, q.dtype, backward=True)
+    shared = dict(HEAD_DIM=hd, SEG=2 * ((hd // 3) // 2), TILE=tile, CAUSAL=causal_block > 0,
+                  FAST_TRIG=not interpreting(), DOT_PRECISION=cfg.dot_precision,
+                  BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    scalars = (H, n_q, n_k, max(causal_block, 1), hd**-0.5 * LOG2E, hd**-0.5)
+    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
+    wrap_triton(_bwd_dkdv_kernel)[(triton.cdiv(n_k, cfg.block_n), B * H)](
+        q, k, v, do, lse, delta, q_pos, k_pos, dk, dv, *strides,
+        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+        qpb, kpb, *scalars, **shared)
+    wrap_triton(_bwd_dq_kernel)[(triton.cdiv(n_q, cfg.block_m), B * H)](
+        q, k, v, do, lse, delta, q_pos, k_pos, dq, *strides,
+        dq.stride(0), dq.stride(1), dq.stride(2), qpb, kpb, *scalars, **shared)
+    return dq, dk, dv
