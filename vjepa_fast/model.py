@@ -163,12 +163,14 @@ class Predictor(nn.Module):
                 grid: tuple[int, int], mask_index: int = 1) -> Tensor:
         """context (B, Nc, D) encoder tokens at context_ids (B, Nc); predicts (B, Nt, D) at
         target_ids (B, Nt). Attention has no mask, so token order does not matter and nothing is sorted."""
-        B, Nc, _ = context.shape
-        Nt = target_ids.shape[1]
+        from vjepa_fast.ops.masked_gather import masked_gather
+
+        Nc = context.shape[1]
         mask_token = self.mask_tokens[mask_index % self.config.pred_num_mask_tokens]
-        x = torch.cat((self.embed(context), mask_token.expand(B, Nt, -1)), dim=1)  # (B, Nc+Nt, Dp)
-        ids = torch.cat((context_ids, target_ids), dim=1)
-        rope = make_rope(token_positions(ids, *grid),
+        # One fused op: embedded context, mask tokens at the target slots, and their (t, h, w) positions.
+        x, positions = masked_gather(self.embed(context), None, mask_token, context_ids, target_ids,
+                                     *grid)  # (B, Nc+Nt, Dp), (B, Nc+Nt, 3)
+        rope = make_rope(positions,
                          self.config.pred_hidden_size // self.config.pred_num_attention_heads, self.config.rope_mode)
         x = run_blocks(self.blocks, x, rope, self.gradient_checkpointing)
         return self.proj(self.norm(x[:, Nc:]))

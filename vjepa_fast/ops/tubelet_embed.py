@@ -96,6 +96,7 @@ def _tubelet_embed_op(video: Tensor, weight: Tensor, bias: Tensor, token_ids: Te
     B, T, _, H, W = video.shape
     n_tok = token_ids.shape[1] if token_ids is not None else (T // t) * (H // p) * (W // p)
     out = torch.empty((B, n_tok, D), device=video.device, dtype=weight.dtype)
+    video = video if video.stride(4) == 1 else video.contiguous()  # the kernel reads runs of p pixels
     ids = token_ids.contiguous() if token_ids is not None else None
     tubelet_embed_fwd(video, weight.reshape(D, -1).contiguous(), bias, ids, mean, inv_std, t, p, out)
     return out
