@@ -27,10 +27,9 @@ from torch.utils.checkpoint import checkpoint
 from vjepa_fast.model import Block, Encoder, init_weights
 from vjepa_fast.ops.rope import Rope, make_rope
 from vjepa_fast.ops.rope_attention import rope_attention
+from vjepa_fast.video import IMAGENET_MEAN, IMAGENET_STD
 
 COND_TOKENS = 2  # action and state tokens per step
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
