@@ -217,6 +217,10 @@ class Trainer:
                                    f"checkpoint is {self.out / 'latest.pt'}")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.config.fsdp and self.world > 1:
+            # FSDP2 leaves a root module's parameters unsharded after forward; the EMA pairs shards.
+            self.jepa.reshard()
+            self.target.reshard()
         ema_update(list(self.target.parameters()), list(self.jepa.encoder.parameters()), self.config.ema)
         self.step += 1
         return value
