@@ -18,6 +18,15 @@ SHAPES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one thread avoids OpenMP hand-offs that dominate on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def hf_classifier(shape: str, num_labels: int, problem_type=None):
     cfg = transformers.VJEPA2Config(num_hidden_layers=2, pred_num_hidden_layers=1, frames_per_clip=8,
                                     num_labels=num_labels, problem_type=problem_type, **SHAPES[shape])
