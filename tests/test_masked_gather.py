@@ -1,18 +1,29 @@
-"""Predictor input assembly: the Triton kernel (interpreter on CPU) against the reference (the
-predictor's former cat + token_positions), forward exactly and gradients, argument errors, and
-its launcher configurations compiled for sm_90/sm_80 without spills."""
+"""Predictor input assembly: the Triton kernel (its launcher, interpreted on CPU) against the
+reference (the predictor's former cat + token_positions), exactly; the op's backward and
+registration (opcheck); argument errors; its launch configurations compiled for sm_90/sm_80
+without spills."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from aot_utils import AotRequest, compile_kernels
+from vjepa_fast.kernels.masked_gather import masked_gather_fwd
 from vjepa_fast.ops.masked_gather import _masked_gather_op, masked_gather, masked_gather_ref
 from vjepa_fast.ops.rope import token_positions
 
 # (B, Nx, Nc, Nt, D, grid_t, grid_h, grid_w): batch 1 and 3, non-square grids, rows and D not
 # multiples of the blocks (32 rows, 128 channels), D wider than one block.
 SHAPES = [(1, 40, 13, 22, 37, 2, 4, 5), (3, 60, 29, 7, 130, 3, 4, 5), (3, 24, 5, 40, 16, 1, 6, 4)]
+
+
+def _kernel(x, index, mask_token, context_ids, target_ids, gh, gw):
+    """The Triton kernel through its launcher (CPU tensors run in the interpreter), outputs poisoned."""
+    B, N = context_ids.shape[0], context_ids.shape[1] + target_ids.shape[1]
+    tokens = torch.full((B, N, x.shape[2]), float("nan"), dtype=torch.promote_types(x.dtype, mask_token.dtype))
+    positions = torch.full((B, N, 3), float("nan"))
+    masked_gather_fwd(x, index, mask_token, context_ids, target_ids, gh, gw, tokens, positions)
+    return tokens, positions
 
 
 def _inputs(B, Nx, Nc, Nt, D, gt, gh, gw, dtype, mask_dtype, with_index):
@@ -34,7 +45,7 @@ def _inputs(B, Nx, Nc, Nt, D, gt, gh, gw, dtype, mask_dtype, with_index):
 @pytest.mark.parametrize("with_index", [True, False])
 def test_kernel_matches_reference(shape, dtype, mask_dtype, with_index):
     args = _inputs(*shape, dtype, mask_dtype, with_index)
-    tokens, positions = _masked_gather_op(*args)
+    tokens, positions = _kernel(*args)
     ref_tokens, ref_positions = masked_gather_ref(*args)
     assert tokens.dtype == ref_tokens.dtype and positions.dtype == torch.float32
     assert torch.equal(tokens, ref_tokens)  # a copy: exact
@@ -45,7 +56,7 @@ def test_kernel_matches_reference(shape, dtype, mask_dtype, with_index):
 
 @pytest.mark.parametrize("shape", SHAPES[:2])
 @pytest.mark.parametrize("with_index", [True, False])
-def test_kernel_gradients_match_reference(shape, with_index):
+def test_op_gradients_match_reference(shape, with_index):
     x, index, mask_token, context_ids, target_ids, gh, gw = _inputs(*shape, torch.float32, torch.float32, with_index)
     leaves = [x.clone().requires_grad_(), mask_token.clone().requires_grad_()]
     tokens, _ = _masked_gather_op(leaves[0], index, leaves[1], context_ids, target_ids, gh, gw)
@@ -56,6 +67,13 @@ def test_kernel_gradients_match_reference(shape, with_index):
     want = torch.autograd.grad(ref_tokens, ref_leaves, grad.double())
     for name, a, b in zip(("x", "mask_token"), got, want):
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_opcheck():
+    """Schema, fake tensors and the autograd registration of the op (its CPU branch)."""
+    x, index, mask_token, context_ids, target_ids, gh, gw = _inputs(*SHAPES[1], torch.float32, torch.float32, True)
+    args = (x.requires_grad_(), index, mask_token.requires_grad_(), context_ids, target_ids, gh, gw)
+    torch.library.opcheck(torch.ops.vjepa_fast.masked_gather.default, args)
 
 
 def test_cpu_tensors_take_the_reference_path():

@@ -1,6 +1,7 @@
-"""Tubelet embedding: the reference against torch's Conv3d, the fused Triton kernel (interpreter on
-CPU) against an fp64 reference within twice PyTorch's own error, its gradients, argument errors,
-and every launcher configuration compiled for sm_90/sm_80 (no spills; wgmma for 16-bit GEMMs)."""
+"""Tubelet embedding: the reference against torch's Conv3d, the fused Triton kernel (its launcher,
+interpreted on CPU) against an fp64 reference within twice PyTorch's own error, the op's backward
+and registration (opcheck), argument errors, and every launcher configuration compiled for
+sm_90/sm_80 (no spills; wgmma for 16-bit GEMMs)."""
 from __future__ import annotations
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from aot_utils import AotRequest, compile_kernels
+from vjepa_fast.kernels.tubelet_embed import tubelet_embed_fwd
 from vjepa_fast.ops.tubelet_embed import _tubelet_embed_op, patchify, tubelet_embed, tubelet_embed_ref, unpatchify
 
 # (B, T, C, H, W, D, tubelet, patch): the real 2x16x16 tubelet, a non-square grid, one tubelet of
@@ -27,6 +29,17 @@ def _inputs(B, T, C, H, W, D, t, p, video_dtype, keep):
     n = (T // t) * (H // p) * (W // p)
     ids = torch.stack([torch.randperm(n)[:max(1, n * keep // 4)] for _ in range(B)]) if keep < 4 else None
     return video, weight, bias, ids, mean, std
+
+
+def _kernel(video, weight, bias, ids, mean, std):
+    """The Triton kernel through its launcher (CPU tensors run in the interpreter)."""
+    D, _, t, p, _ = weight.shape
+    B, T, _, H, W = video.shape
+    n = ids.shape[1] if ids is not None else (T // t) * (H // p) * (W // p)
+    out = torch.full((B, n, D), float("nan"), dtype=weight.dtype)  # poison: every element must be written
+    tubelet_embed_fwd(video, weight.reshape(D, -1).contiguous(), bias, ids, mean, None if std is None else 1 / std,
+                      t, p, out)
+    return out
 
 
 def test_reference_matches_conv3d():
@@ -54,10 +67,8 @@ def test_kernel_forward_error_within_twice_torch(shape, video_dtype, dtype, keep
     exact = tubelet_embed_ref(video.double() if video.is_floating_point() else video, weight.double(), bias.double(),
                               ids, mean, std)
     torch_out = tubelet_embed_ref(video, weight.to(dtype), bias.to(dtype), ids, mean, std)
-    out = _tubelet_embed_op(video, weight.to(dtype), bias.to(dtype), ids, mean,
-                            None if std is None else 1 / std)
-    assert out.dtype == dtype and out.shape == exact.shape
-    assert torch.isfinite(out).all()  # the output starts uninitialised: every element must be written
+    out = _kernel(video, weight.to(dtype), bias.to(dtype), ids, mean, std)
+    assert out.dtype == dtype and out.shape == exact.shape and not out.isnan().any()
     torch_err = (torch_out.double() - exact).abs().max().item()
     err = (out.double() - exact).abs().max().item()
     assert err <= 2 * torch_err + 1e-5 * exact.abs().max().item(), (err, torch_err)
@@ -65,7 +76,7 @@ def test_kernel_forward_error_within_twice_torch(shape, video_dtype, dtype, keep
 
 @pytest.mark.parametrize("shape", SHAPES[:2])
 @pytest.mark.parametrize("keep", [4, 3])
-def test_kernel_gradients_match_reference(shape, keep):
+def test_op_gradients_match_reference(shape, keep):
     video, weight, bias, ids, mean, std = _inputs(*shape, torch.float32, keep)
     if ids is not None:
         ids[:, -1] = ids[:, 0]  # a repeated token: its video gradient must be the sum of both
@@ -86,6 +97,13 @@ def test_uint8_video_gives_weight_gradients():
     w_ref = weight.clone().requires_grad_()
     tubelet_embed_ref(video, w_ref, bias, ids, mean, std).square().sum().backward()
     torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_opcheck():
+    """Schema, fake tensors and the autograd registration of the op (its CPU branch)."""
+    video, weight, bias, ids, mean, std = _inputs(*SHAPES[1], torch.float32, 3)
+    args = (video.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), ids, mean, 1 / std)
+    torch.library.opcheck(torch.ops.vjepa_fast.tubelet_embed.default, args)
 
 
 def test_cpu_tensors_take_the_reference_path():

@@ -7,7 +7,9 @@
 torch.ops.vjepa_fast.masked_gather) on CUDA tensors and `masked_gather_ref` elsewhere or when
 VJEPA_FAST_REFERENCE=1. Backward: the context rows' gradients are scatter-added into x's
 gradient (a token gathered twice receives both), the target rows' gradients are summed into the
-mask token's gradient; positions carry no gradient.
+mask token's gradient; positions carry no gradient. The op's non-CUDA branch is the reference
+maths, so torch.library.opcheck can check the registration on CPU; the kernel is tested through
+its launcher under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 
@@ -39,10 +41,8 @@ def _check(x: Tensor, index: Tensor | None, mask_token: Tensor, context_ids: Ten
         raise TypeError(f"masked_gather: x and mask_token must be floating point, got {x.dtype} and {mask_token.dtype}")
 
 
-def masked_gather_ref(x: Tensor, index: Tensor | None, mask_token: Tensor, context_ids: Tensor,
-                      target_ids: Tensor, grid_h: int, grid_w: int) -> tuple[Tensor, Tensor]:
-    """Plain PyTorch: what the predictor did before the fused op (cat promotes the two dtypes)."""
-    _check(x, index, mask_token, context_ids, target_ids)
+def _assemble(x: Tensor, index: Tensor | None, mask_token: Tensor, context_ids: Tensor, target_ids: Tensor,
+              grid_h: int, grid_w: int) -> tuple[Tensor, Tensor]:
     context = x if index is None else torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
     B, Nt = target_ids.shape
     tokens = torch.cat((context, mask_token.expand(B, Nt, -1)), dim=1)  # (B, Nc+Nt, D)
@@ -50,9 +50,18 @@ def masked_gather_ref(x: Tensor, index: Tensor | None, mask_token: Tensor, conte
     return tokens, token_positions(ids, grid_h, grid_w).float()
 
 
+def masked_gather_ref(x: Tensor, index: Tensor | None, mask_token: Tensor, context_ids: Tensor,
+                      target_ids: Tensor, grid_h: int, grid_w: int) -> tuple[Tensor, Tensor]:
+    """Plain PyTorch: what the predictor did before the fused op (cat promotes the two dtypes)."""
+    _check(x, index, mask_token, context_ids, target_ids)
+    return _assemble(x, index, mask_token, context_ids, target_ids, grid_h, grid_w)
+
+
 @triton_op("vjepa_fast::masked_gather", mutates_args=())
 def _masked_gather_op(x: Tensor, index: Tensor | None, mask_token: Tensor, context_ids: Tensor,
                       target_ids: Tensor, grid_h: int, grid_w: int) -> tuple[Tensor, Tensor]:
+    if not x.is_cuda:
+        return _assemble(x, index, mask_token, context_ids, target_ids, grid_h, grid_w)
     from vjepa_fast.kernels.masked_gather import masked_gather_fwd
 
     B, Nc = context_ids.shape

@@ -7,7 +7,10 @@ video's own units (for uint8 frames and ImageNet statistics pass 255 * mean and 
 
 `tubelet_embed` runs the fused Triton kernel (kernels/tubelet_embed.py, registered as
 torch.ops.vjepa_fast.tubelet_embed) on CUDA tensors and `tubelet_embed_ref` elsewhere or when
-VJEPA_FAST_REFERENCE=1. Gradients flow to weight, bias, mean/std-normalised float video.
+VJEPA_FAST_REFERENCE=1. Gradients flow to weight, bias and float video (backward in PyTorch:
+two GEMMs and a scatter). The op's non-CUDA branch is the same maths in plain PyTorch: the
+dispatcher never sends CPU tensors there, but it lets torch.library.opcheck check the
+registration on CPU; the kernel is tested through its launcher under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 
@@ -36,17 +39,24 @@ def unpatchify(patches: Tensor, shape: tuple[int, int, int, int, int], tubelet: 
     return x.reshape(B, T, C, H, W)
 
 
-def _normalise(video: Tensor, mean: Tensor | None, std: Tensor | None, dtype: torch.dtype) -> Tensor:
-    if mean is None:
-        return video.to(dtype)
-    C = video.shape[2]
-    return ((video.float() - mean.float().view(1, 1, C, 1, 1)) / std.float().view(1, 1, C, 1, 1)).to(dtype)
-
-
-def _gather(patches: Tensor, token_ids: Tensor | None) -> Tensor:
+def _patches(video: Tensor, token_ids: Tensor | None, mean: Tensor | None, inv_std: Tensor | None,
+             tubelet: int, patch: int, dtype: torch.dtype) -> Tensor:
+    """(B, N or K, C*t*p*p) rows of the GEMM: normalised in fp32, cast to dtype, kept tokens only."""
+    x = video.to(dtype)
+    if mean is not None:
+        C = video.shape[2]
+        x = ((video.float() - mean.view(1, 1, C, 1, 1)) * inv_std.view(1, 1, C, 1, 1)).to(dtype)
+    patches = patchify(x, tubelet, patch)  # (B, N, K)
     if token_ids is None:
         return patches
     return torch.gather(patches, 1, token_ids.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+
+
+def _embed(video: Tensor, weight: Tensor, bias: Tensor, token_ids: Tensor | None, mean: Tensor | None,
+           inv_std: Tensor | None) -> Tensor:
+    """The maths in plain PyTorch (mean and inv_std fp32)."""
+    _, _, t, p, _ = weight.shape
+    return F.linear(_patches(video, token_ids, mean, inv_std, t, p, weight.dtype), weight.flatten(1), bias)
 
 
 def _check(video: Tensor, weight: Tensor, bias: Tensor, token_ids: Tensor | None, mean: Tensor | None,
@@ -79,17 +89,18 @@ def _check(video: Tensor, weight: Tensor, bias: Tensor, token_ids: Tensor | None
 def tubelet_embed_ref(video: Tensor, weight: Tensor, bias: Tensor, token_ids: Tensor | None = None,
                       mean: Tensor | None = None, std: Tensor | None = None) -> Tensor:
     """Same result as Conv3d(normalised video.permute(0, 2, 1, 3, 4)).flatten(2).transpose(1, 2);
-    normalisation runs in fp32, then the video is cast to the weight's dtype; with token_ids (B, K)
-    only those tokens are embedded. Returns (B, N or K, D)."""
+    normalisation runs in fp32 (times 1/std), then the video is cast to the weight's dtype; with
+    token_ids (B, K) only those tokens are embedded. Returns (B, N or K, D)."""
     _check(video, weight, bias, token_ids, mean, std)
-    _, _, t, p, _ = weight.shape
-    patches = _gather(patchify(_normalise(video, mean, std, weight.dtype), t, p), token_ids)
-    return F.linear(patches, weight.flatten(1), bias)
+    return _embed(video, weight, bias, token_ids, None if mean is None else mean.float(),
+                  None if std is None else 1 / std.float())
 
 
 @triton_op("vjepa_fast::tubelet_embed", mutates_args=())
 def _tubelet_embed_op(video: Tensor, weight: Tensor, bias: Tensor, token_ids: Tensor | None,
                       mean: Tensor | None, inv_std: Tensor | None) -> Tensor:
+    if not video.is_cuda:
+        return _embed(video, weight, bias, token_ids, mean, inv_std)
     from vjepa_fast.kernels.tubelet_embed import tubelet_embed_fwd
 
     D, _, t, p, _ = weight.shape
@@ -115,8 +126,8 @@ def _backward(ctx, grad_out: Tensor):
     grad_rows = grad_out.reshape(-1, D)  # (B*Ntok, D)
     grad_video = grad_weight = grad_bias = None
     if ctx.needs_input_grad[1]:
-        std = None if inv_std is None else 1 / inv_std
-        patches = _gather(patchify(_normalise(video, mean, std, weight.dtype), t, p), token_ids)  # (B, Ntok, K)
+        # The patches are recomputed from the saved frames rather than kept from the forward pass.
+        patches = _patches(video, token_ids, mean, inv_std, t, p, weight.dtype)  # (B, Ntok, K)
         grad_weight = (grad_rows.T @ patches.reshape(grad_rows.shape[0], -1)).view_as(weight)
     if ctx.needs_input_grad[2]:
         grad_bias = grad_rows.sum(0).to(ctx.bias_dtype)
