@@ -102,6 +102,17 @@ def test_bad_inputs():
         planner.plan(z, state[:6], goal)
     with pytest.raises(ValueError, match="current features"):
         planner.plan(z[:, :-1], state, goal)
+    # A goal image of another size than the frames: the encoder gives another token count.
+    from vjepa_fast.ac_model import encode_frames
+    from vjepa_fast.config import VJEPA2Config
+    from vjepa_fast.model import Encoder
+    enc = Encoder(VJEPA2Config(hidden_size=48, num_hidden_layers=1, num_attention_heads=1, crop_size=48,
+                               patch_size=16, rope_grid="input")).eval()
+    frame = torch.randint(0, 255, (1, 48, 32, 3), dtype=torch.uint8)  # 3 x 2 patches, like the predictor
+    assert encode_frames(enc, frame)[0].shape == z.shape
+    wrong = encode_frames(enc, torch.randint(0, 255, (1, 32, 32, 3), dtype=torch.uint8))[0]
+    with pytest.raises(ValueError, match="goal image must have the size"):
+        planner.plan(z, state, wrong)
     other = ACPredictor(ACConfig(enc_dim=48, hidden_size=64, depth=1, num_heads=2, grid_h=3, grid_w=2, action_dim=4))
     with pytest.raises(ValueError, match="7-d DROID"):
         CEMPlanner(other, cem).plan(z, state, goal)
