@@ -227,3 +227,17 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="unknown AC preset"):
         ACConfig.from_name("ac-vitx")
     assert ACConfig.from_name("ac-vitg").tokens_per_step == 258
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    c = SHAPES[1][0]
+    model = ACPredictor(c)
+    z, a, s = inputs(c, 2, 3)
+    grads = []
+    for flag in (False, True):
+        model.gradient_checkpointing = flag
+        model.zero_grad()
+        model(z, a, s).square().mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for g0, g1 in zip(*grads):
+        torch.testing.assert_close(g0, g1)

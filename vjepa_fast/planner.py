@@ -273,7 +273,7 @@ class Episode:
 def mpc_episode(env, encode, planner: CEMPlanner | None, seed: int, generator: torch.Generator) -> Episode:
     """Runs one episode: plan, execute the first action, observe, re-plan, until the env says
     terminated (success) or truncated. `encode(frame (H, W, 3) uint8) -> (P, D_enc)` layer-normed
-    features. planner=None executes random actions drawn like CEM's first samples (the baseline)."""
+    features. planner=None executes uniform random xyz steps of at most 5 cm per axis (the baseline)."""
     obs, info = env.reset(seed)
     goal = encode(env.goal_image()) if planner is not None else None
     ep = Episode(False, 0, [info["distance"]], [obs["image"]])

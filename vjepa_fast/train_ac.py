@@ -65,6 +65,8 @@ class TrainACConfig:
     seed: int = field(default=0, metadata={"help": "seed for data, initialisation and batch sampling"})
     checkpoint_every: int = field(default=200, metadata={"help": "write OUT_DIR/checkpoint.pt every this many steps"})
     resume: bool = field(default=True, metadata={"help": "resume from OUT_DIR/checkpoint.pt when it exists"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute block activations in the "
+                                                                          "backward pass (less memory, for ac-vitg)"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
 
     def __post_init__(self):
@@ -229,6 +231,7 @@ def train(config: TrainACConfig) -> Path:
     del encoder
     torch.manual_seed(c.seed)
     model = ACPredictor(ac_config).to(device)
+    model.gradient_checkpointing = c.gradient_checkpointing
     optimizer = make_optimizer(model, c)
     generator = torch.Generator().manual_seed(c.seed)
     step = 0
