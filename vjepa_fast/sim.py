@@ -175,7 +175,9 @@ class GymAdapter:
       action_fn(action (7,)) -> the action its step() takes;
     plus goal_fn(env) -> (S, S, 3) uint8 goal frame. Frames come from env.render(), which must
     return RGB uint8 (gymnasium's render_mode="rgb_array"). gymnasium itself is not needed:
-    anything with reset(seed=...), step(action) -> 5-tuple and render() works.
+    anything with reset(seed=...), step(action) -> 5-tuple and render() works. The MPC loop
+    (vjepa_fast.planner.mpc_episode) reads info["distance"] and info["success"] from reset and
+    step: wrap the env (gymnasium.Wrapper or a small class) to add them if it lacks them.
     """
 
     action_dim = 7
