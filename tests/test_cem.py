@@ -94,7 +94,7 @@ def test_opcheck_and_torch_compile():
 def test_reference_env_var_forces_reference(monkeypatch):
     args = _inputs(6, 2, 4, 1, 2)
     sentinel = object()
-    monkeypatch.setattr(cem, "cem_update_ref", lambda *a: sentinel)
+    monkeypatch.setattr(cem, "_cem_math", lambda *a: sentinel)
     assert cem_update(**args) is not sentinel
     monkeypatch.setenv("VJEPA_FAST_REFERENCE", "1")
     assert cem_update(*args.values()) is sentinel

@@ -71,6 +71,10 @@ def cem_update_ref(preds: Tensor, goal: Tensor, noise: Tensor, actions: Tensor, 
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Plain PyTorch CEM step (see the module docstring); the oracle for the compiled op."""
     _check(preds, goal, noise, actions, mean, std, top_k, momentum_mean, momentum_std, low, high)
+    return _cem_math(preds, goal, noise, actions, mean, std, top_k, momentum_mean, momentum_std, low, high)
+
+
+def _cem_math(preds, goal, noise, actions, mean, std, top_k, momentum_mean, momentum_std, low, high):
     energies = cem_energies_ref(preds, goal)
     elites = actions[energies.topk(top_k, largest=False).indices]  # (top_k, H, A)
     new_mean = (1 - momentum_mean) * elites.mean(dim=0) + momentum_mean * mean
@@ -96,6 +100,6 @@ def cem_update(preds: Tensor, goal: Tensor, noise: Tensor, actions: Tensor, mean
     """One CEM step -> (energies (N,) fp32, new_mean (H, A), new_std (H, A), next_actions (N, H, A))."""
     _check(preds, goal, noise, actions, mean, std, top_k, momentum_mean, momentum_std, low, high)
     if reference_forced() or not COMPILED:
-        return cem_update_ref(preds, goal, noise, actions, mean, std, top_k, momentum_mean, momentum_std, low, high)
+        return _cem_math(preds, goal, noise, actions, mean, std, top_k, momentum_mean, momentum_std, low, high)
     return torch.ops.vjepa_fast.cem_update(preds, goal, noise, actions, mean, std, top_k,
                                            momentum_mean, momentum_std, low, high)
