@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vjepa_fast.checkpoints import CheckpointError, _load_into, atomic_write, hf_to_ours, ours_to_hf, \
+    read_safetensors_dir, resolve
 from vjepa_fast.config import VJEPA2Config
 from vjepa_fast.model import VJEPA2Model, init_weights
 
@@ -253,7 +255,6 @@ class VJEPA2ForVideoClassification(nn.Module):
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str, rope_grid: str | None = None) -> "VJEPA2ForVideoClassification":
         """A transformers VJEPA2ForVideoClassification checkpoint (directory or hub id)."""
-        from vjepa_fast.checkpoints import CheckpointError, _load_into, hf_to_ours, read_safetensors_dir, resolve
         directory = resolve(path_or_hub_id)
         config_path = directory / "config.json"
         if not config_path.exists():
@@ -285,8 +286,6 @@ class VJEPA2ForVideoClassification(nn.Module):
     def save_pretrained(self, directory: str) -> None:
         """config.json + model.safetensors that transformers' VJEPA2ForVideoClassification reads."""
         from safetensors.torch import save_file
-
-        from vjepa_fast.checkpoints import atomic_write, ours_to_hf
         directory = Path(directory)
         state = {f"vjepa2.{k}": v for k, v in ours_to_hf(self.vjepa2).items()}
         state.update({k: v for k, v in self.state_dict().items() if not k.startswith("vjepa2.")})

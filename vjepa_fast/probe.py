@@ -350,11 +350,13 @@ def plot_confusion(confusion: Tensor, names: list[str], top1: float, path: Path)
     import matplotlib.pyplot as plt
 
     L = len(names)
-    fig, ax = plt.subplots(figsize=(2 + 0.5 * L, 1.5 + 0.5 * L))
+    side = min(2 + 0.5 * L, 16)  # inches: hundreds of classes still make a readable picture
+    fig, ax = plt.subplots(figsize=(side, side - 0.5))
     image = ax.imshow(confusion.numpy(), cmap="Blues")
     fig.colorbar(image, ax=ax, label="videos")
-    ax.set_xticks(range(L), names, rotation=45, ha="right")
-    ax.set_yticks(range(L), names)
+    if L <= 40:
+        ax.set_xticks(range(L), names, rotation=45, ha="right")
+        ax.set_yticks(range(L), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"top-1 {100 * top1:.1f}%  ({int(confusion.sum())} test videos)")
@@ -393,7 +395,7 @@ def run(config: ProbeConfig) -> dict:
     train_x, train_y = cached_features(model, train_set, names, config, out / "features_train.safetensors", device)
     test_x, test_y = cached_features(model, test_set, names, config, out / "features_test.safetensors", device)
 
-    head = [p for p in (*model.pooler.parameters(), *model.classifier.parameters())]
+    head = [*model.pooler.parameters(), *model.classifier.parameters()]
     for p in head:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW([{"params": [p for p in head if p.dim() >= 2], "weight_decay": config.weight_decay},
