@@ -25,14 +25,14 @@ def small_config(tmp_path, **overrides) -> TrainConfig:
 
 # ---- the step against a plain reference assembled from transformers' modules -------------------
 
-def hf_copy(trainer: Trainer, tmp_path):
+def hf_copy(trainer: Trainer, tmp_path, attn: str = "eager"):
     """transformers' VJEPA2Model holding the trainer's current online weights (through our export
     format), and a second one holding its target encoder."""
     trainer.jepa.encoder.gradient_checkpointing = False
     online = transformers.VJEPA2Model.from_pretrained(_save(trainer.jepa.encoder, trainer, tmp_path / "online"),
-                                                      attn_implementation="eager")
+                                                      attn_implementation=attn)
     target = transformers.VJEPA2Model.from_pretrained(_save(trainer.target, trainer, tmp_path / "target"),
-                                                      attn_implementation="eager")
+                                                      attn_implementation=attn)
     return online.float(), target.float()
 
 
@@ -68,7 +68,15 @@ def ref_predict(hf, z, context, target):
     return pred.proj(x[:, context.shape[1]:])
 
 
-def reference_step(online, target, batch, lr, weight_decay, momentum):
+def reference_optimizer(online, lr, weight_decay):
+    decay = [p for n, p in online.named_parameters() if not n.endswith("bias") and p.ndim > 1]
+    no_decay = [p for n, p in online.named_parameters() if n.endswith("bias") or p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def reference_step(online, target, optimizer, batch, momentum):
+    """One V-JEPA step with Meta's semantics, written plainly on transformers' modules."""
     video = batch.video
     with torch.no_grad():
         h = ref_encode(target, video)
@@ -79,12 +87,9 @@ def reference_step(online, target, batch, lr, weight_decay, momentum):
         goal = torch.gather(h, 1, tgt[..., None].expand(-1, -1, h.shape[-1]))
         losses.append((p - goal).abs().mean())
     loss = sum(losses) / len(losses)
-    decay = [p for n, p in online.named_parameters() if not n.endswith("bias") and p.ndim > 1]
-    no_decay = [p for n, p in online.named_parameters() if n.endswith("bias") or p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.999), eps=1e-8)
     loss.backward()
-    opt.step()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     with torch.no_grad():
         for t, o in zip(target.encoder.parameters(), online.encoder.parameters()):
             t.mul_(momentum).add_(o, alpha=1 - momentum)
@@ -103,7 +108,8 @@ def test_step_matches_plain_reference(tmp_path, checkpointing):
     trainer.jepa.encoder.gradient_checkpointing = checkpointing
     batch = next(iter(trainer.loader()))
     loss = trainer.train_step([batch])
-    ref_loss = reference_step(online, target, batch, config.lr, config.weight_decay, config.ema)
+    optimizer = reference_optimizer(online, config.lr, config.weight_decay)
+    ref_loss = reference_step(online, target, optimizer, batch, config.ema)
     assert abs(loss - ref_loss) < 1e-5 * max(1.0, abs(ref_loss))
     updated_online, updated_target = hf_copy(trainer, tmp_path / "after")
     # AdamW's first step moves every weight by about lr * g / (|g| + eps): where a gradient is near

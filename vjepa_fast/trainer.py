@@ -38,35 +38,33 @@ class TrainingDiverged(RuntimeError):
 
 
 class JEPA(nn.Module):
-    """The trained pair; one forward = the masked-prediction loss, so DDP/FSDP see a single module."""
+    """The trained pair; one forward = the masked-prediction loss of one group of mask configs, so
+    DDP/FSDP see a single module."""
 
     def __init__(self, encoder: Encoder, predictor: Predictor):
         super().__init__()
         self.config = encoder.config  # what the checkpoint key mapping reads
         self.encoder, self.predictor = encoder, predictor
 
-    def forward(self, video: Tensor, masks: list[tuple[Tensor, Tensor]], target: Tensor) -> Tensor:
-        """video (B, T, C, H, W); target (B, N, D) layer-normed target-encoder tokens -> scalar loss."""
-        grid = self.encoder.position_grid(video)
-        losses = []
-        for clips, context, target_ids, rows in batch_mask_configs(video, masks):
-            z = self.encoder(clips, token_ids=context)                                # (R, Kc, D)
-            pred = self.predictor(z, context, target_ids, grid, mask_index=0)         # (R, Kt, D)
-            goal = gather_tokens(target.repeat(rows, 1, 1), [target_ids])             # (R, Kt, D)
-            losses.append((pred.float() - goal.float()).abs().mean().expand(rows))
-        # Every mask config weighs the same, whatever its token count (Meta's mean of means).
-        return torch.cat(losses).mean()
+    def forward(self, clips: Tensor, context: Tensor, target_ids: Tensor, target: Tensor) -> Tensor:
+        """clips (R, T, C, H, W), context (R, Kc), target_ids (R, Kt), target (R, N, D) layer-normed
+        target-encoder tokens -> mean L1 loss (fp32)."""
+        z = self.encoder(clips, token_ids=context)                                               # (R, Kc, D)
+        pred = self.predictor(z, context, target_ids, self.encoder.position_grid(clips), mask_index=0)  # (R, Kt, D)
+        goal = gather_tokens(target, [target_ids])                                               # (R, Kt, D)
+        return (pred.float() - goal.float()).abs().mean()
 
 
-def batch_mask_configs(video: Tensor, masks: list[tuple[Tensor, Tensor]]):
-    """Mask configs whose index lists have the same shapes run as one batch (the clip repeated);
-    yields (clips, context ids, target ids, number of configs in the group)."""
+def batch_mask_configs(video: Tensor, target: Tensor, masks: list[tuple[Tensor, Tensor]]):
+    """Mask configs whose index lists have the same shapes run as one batch (clip and targets
+    repeated); yields (clips, context ids, target ids, targets, number of configs in the group)."""
     if len({(c.shape, t.shape) for c, t in masks}) == 1 and len(masks) > 1:
-        yield (video.repeat(len(masks), 1, 1, 1, 1), torch.cat([c for c, _ in masks]),
-               torch.cat([t for _, t in masks]), len(masks))
+        M = len(masks)
+        yield (video.repeat(M, 1, 1, 1, 1), torch.cat([c for c, _ in masks]), torch.cat([t for _, t in masks]),
+               target.repeat(M, 1, 1), M)
         return
-    for context, target in masks:
-        yield video, context, target, 1
+    for context, target_ids in masks:
+        yield video, context, target_ids, target, 1
 
 
 @torch.no_grad()
@@ -155,8 +153,9 @@ class Trainer:
             self.jepa.predictor.compile()
             self.target.compile()
         self.model = self._distribute()
+        # The fused AdamW kernel (one pass over each tensor) where parameters are plain tensors.
         self.optimizer = torch.optim.AdamW(param_groups(self.jepa, c.weight_decay), lr=c.start_lr,
-                                           betas=(c.beta1, c.beta2), eps=1e-8)
+                                           betas=(c.beta1, c.beta2), eps=1e-8, fused=not (c.fsdp and self.world > 1))
         self.step, self.skipped, self.history = 0, 0, []
         if c.resume:
             self.load(self.out / "latest.pt")
@@ -199,14 +198,20 @@ class Trainer:
         for i, batch in enumerate(micro_batches):
             video = batch.video.to(self.device, non_blocking=True)
             masks = [(m.to(self.device), t.to(self.device)) for m, t in batch.masks]
-            last = i == len(micro_batches) - 1
-            sync = self.model.no_sync() if hasattr(self.model, "no_sync") and not last else nullcontext()
-            with sync, self.autocast:
+            with self.autocast:
                 target = target_features(self.target, video)
-                loss = self.model(video, masks, target) / len(micro_batches)
-            with sync:
-                loss.backward()
-            total += loss.detach()
+            groups = list(batch_mask_configs(video, target, masks))
+            for j, (clips, context, target_ids, goal, rows) in enumerate(groups):
+                last = i == len(micro_batches) - 1 and j == len(groups) - 1
+                sync = self.model.no_sync() if hasattr(self.model, "no_sync") and not last else nullcontext()
+                with sync:
+                    with self.autocast:
+                        # Every mask config weighs the same, whatever its token count (Meta's mean of means).
+                        loss = self.model(clips, context, target_ids, goal) * rows / (len(masks) * len(micro_batches))
+                    # Backward per mask config: one config's activations are freed before the next
+                    # config's forward, so the peak holds one graph, not two (same gradients).
+                    loss.backward()
+                total += loss.detach()
         if self.world > 1:
             dist.all_reduce(total)
             total /= self.world
