@@ -87,7 +87,8 @@ def _strict_collect(ours: dict[str, Tensor], names: dict[str, list[str]], source
     return {k: [source[n] for n in ns] for k, ns in names.items()}
 
 
-def _load_into(model: torch.nn.Module, state: dict[str, Tensor], what: str) -> None:
+def load_state_strict(model: torch.nn.Module, state: dict[str, Tensor], what: str) -> None:
+    """load_state_dict(strict=True), with a wrong shape reported by key and `what` (the source)."""
     expected = model.state_dict()
     for k, v in state.items():
         if v.shape != expected[k].shape:
@@ -164,7 +165,7 @@ def load_pretrained(cls, path_or_hub_id: str, rope_grid: str | None = None, pref
     with torch.device("meta"):
         model = cls(config)
     model = model.to_empty(device="cpu")
-    _load_into(model, hf_to_ours(model, state, str(directory)), str(directory))
+    load_state_strict(model, hf_to_ours(model, state, str(directory)), str(directory))
     return model
 
 
@@ -258,7 +259,7 @@ def load_meta_checkpoint(cls, path: str, config: VJEPA2Config | None, encoder_ke
     with torch.device("meta"):
         model = cls(config)
     model = model.to_empty(device="cpu")
-    _load_into(model, meta_to_ours(model, encoder, predictor, path), path)
+    load_state_strict(model, meta_to_ours(model, encoder, predictor, path), path)
     return model
 
 

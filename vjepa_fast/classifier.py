@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vjepa_fast.checkpoints import CheckpointError, _load_into, atomic_write, hf_to_ours, ours_to_hf, \
+from vjepa_fast.checkpoints import CheckpointError, load_state_strict, atomic_write, hf_to_ours, ours_to_hf, \
     read_safetensors_dir, resolve
 from vjepa_fast.config import VJEPA2Config
 from vjepa_fast.model import VJEPA2Model, init_weights
@@ -280,7 +280,7 @@ class VJEPA2ForVideoClassification(nn.Module):
             raise CheckpointError(f"{directory}: the classification head does not match the model: missing keys "
                                   f"{missing[:20]}; unexpected keys {unexpected[:20]}")
         ours = {f"vjepa2.{k}": v for k, v in hf_to_ours(model.vjepa2, backbone, str(directory)).items()}
-        _load_into(model, {**ours, **head}, str(directory))
+        load_state_strict(model, {**ours, **head}, str(directory))
         return model
 
     def save_pretrained(self, directory: str) -> None:
