@@ -34,9 +34,9 @@ def losses(path):
 
 
 def test_loss_falls(tmp_path, data_dir):
-    train(config(tmp_path, data_dir, steps=40, decay_steps=10, batch_size=8))
+    train(config(tmp_path, data_dir, steps=20, decay_steps=5))
     curve = losses(tmp_path / "log.csv")
-    assert len(curve) == 40
+    assert len(curve) == 20
     assert sum(curve[-5:]) / 5 < 0.8 * sum(curve[:5]) / 5
 
 
