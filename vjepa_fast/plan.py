@@ -71,7 +71,10 @@ def load_models(config: PlanConfig) -> tuple[ACPredictor, VJEPA2Model]:
                                    warmup_steps=min(50, steps // 10 + 1)))
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     predictor = ACPredictor.from_meta_checkpoint(path, ACConfig(**ckpt["ac_config"])).eval()
-    encoder = VJEPA2Model.from_pretrained(ckpt["encoder"]).eval()
+    encoder_path = ckpt["encoder"]
+    if not Path(encoder_path).exists() and (path.parent / "encoder").exists():
+        encoder_path = path.parent / "encoder"  # a relative path saved from another working directory
+    encoder = VJEPA2Model.from_pretrained(str(encoder_path)).eval()
     return predictor, encoder
 
 
