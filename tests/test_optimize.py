@@ -78,3 +78,18 @@ def test_optimized_embedding_goes_through_the_op(monkeypatch):
         want = model.encoder.embeddings(video)
         got = fast.encoder.embeddings(video)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_outputs_match_on_gpu_with_the_fused_kernels():
+    model = hf_model("vitl", depth=2, pred_depth=2, attn="sdpa").cuda()
+    fast = optimize(copy.deepcopy(model))
+    video = torch.randn(2, 8, 3, 64, 64, device="cuda")
+    context, target = (m[0].cuda() for m in _masks(2, 64, 20))
+    with torch.no_grad():
+        want = model(video, context_mask=[context], target_mask=[target])
+        got = fast(video, context_mask=[context], target_mask=[target])
+    torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(got.predictor_output.last_hidden_state, want.predictor_output.last_hidden_state,
+                               atol=1e-3, rtol=1e-3)

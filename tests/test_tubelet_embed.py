@@ -140,6 +140,8 @@ def test_cuda_kernel_matches_conv3d(dtype):
     torch_err = (tubelet_embed_ref(video, weight.to(dtype), bias.to(dtype), ids, mean, std).double() - exact).abs().max()
     out = tubelet_embed(video, weight.to(dtype), bias.to(dtype), ids, mean, std)
     assert (out.double() - exact).abs().max() <= 2 * torch_err
+    compiled = torch.compile(tubelet_embed, fullgraph=True)(video, weight.to(dtype), bias.to(dtype), ids, mean, std)
+    torch.testing.assert_close(compiled, out)
 
 
 def _aot_requests() -> list[AotRequest]:
