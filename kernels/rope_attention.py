@@ -23,7 +23,7 @@ visited (loop bound); tiles straddling a limit are masked element-wise.
 
 Tensors: q (B, H, Nq, hd), k/v (B, H, Nk, hd), any strides with the last dim contiguous;
 positions (B or 1, N, 3) fp32 contiguous (batch stride 0 when shared); o like q; lse (B, H, Nq) fp32.
-Head dims 32, 64, 80 (80 runs in a 128-wide tile, the padding channels masked to zero).
+Head dims 32, 64, 80 (80 runs as two column chunks, 64 + 16).
 """
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 HEAD_DIMS = (32, 64, 80)
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# The dtypes the op sends here on a GPU. The launcher also takes fp32 (the interpreter tests run
+# it), but its IEEE products spill registers at useful tile sizes: fp32 CUDA tensors go to SDPA.
+GPU_DTYPES = (torch.float16, torch.bfloat16)
 LOG2E = 1.4426950408889634
 LOG2_THETA = tl.constexpr(math.log2(10000.0))  # log2 of the RoPE base
 
@@ -83,24 +85,24 @@ def _cos_sin(pos_ptr, rows, n_rows, cols, SEG: tl.constexpr, TILE: tl.constexpr,
 @triton.jit
 def _load_rotated(ptr, row_stride, rows, n_rows, cols, pos_ptr, HEAD_DIM: tl.constexpr, SEG: tl.constexpr,
                   TILE: tl.constexpr, FAST_TRIG: tl.constexpr):
-    """rope(x) for rows `rows` of a (n_rows, HEAD_DIM) matrix, fp32. The pair partner x[j^1] is a
-    second load of the same cache lines, cheaper than shuffling registers across threads."""
+    """rope(x) for rows `rows` of a (n_rows, HEAD_DIM) matrix, in fp32. The pair partner x[j^1] is
+    a second load of the same cache lines, cheaper than shuffling registers across threads."""
     mask = (rows[:, None] < n_rows) & (cols[None, :] < HEAD_DIM)
     base = ptr + rows[:, None] * row_stride
     x = tl.load(base + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     partner = tl.load(base + (cols ^ 1)[None, :], mask=mask, other=0.0).to(tl.float32)
-    sign = tl.where(cols % 2 == 0, -1.0, 1.0)
     cos, sin = _cos_sin(pos_ptr, rows, n_rows, cols, SEG, TILE, FAST_TRIG)
-    return x * cos + sign[None, :] * partner * sin
+    sin = tl.where(cols % 2 == 0, -sin, sin)  # the pair map's sign: (x[2i], x[2i+1]) -> (-x[2i+1], x[2i])
+    return x * cos + partner * sin
 
 
 @triton.jit
-def _rope_transpose(g, pos_ptr, rows, n_rows, cols, BLOCK_D: tl.constexpr, SEG: tl.constexpr,
+def _rope_transpose(g, pos_ptr, rows, n_rows, cols, WIDTH: tl.constexpr, SEG: tl.constexpr,
                     TILE: tl.constexpr, FAST_TRIG: tl.constexpr):
-    """(C - R S) g for a gradient tile g (R, BLOCK_D) held in registers: the RoPE transpose."""
+    """(C - R S) g for a gradient tile g (R, WIDTH) held in registers: the RoPE transpose."""
     cos, sin = _cos_sin(pos_ptr, rows, n_rows, cols, SEG, TILE, FAST_TRIG)
-    t_even, t_odd = tl.split(tl.reshape(sin * g, (g.shape[0], BLOCK_D // 2, 2)))  # (R, BLOCK_D/2) each
-    pair_map = tl.reshape(tl.join(-t_odd, t_even), (g.shape[0], BLOCK_D))        # R(S g)
+    t_even, t_odd = tl.split(tl.reshape(sin * g, (g.shape[0], WIDTH // 2, 2)))  # (R, WIDTH/2) each
+    pair_map = tl.reshape(tl.join(-t_odd, t_even), (g.shape[0], WIDTH))        # R(S g)
     return cos * g - pair_map
 
 
@@ -115,13 +117,30 @@ def _key_limit(rows, n_q, n_k, causal_block, CAUSAL: tl.constexpr):
 
 
 @triton.jit
+def _load_tile(ptr, row_stride, rows, n_rows, cols, HEAD_DIM: tl.constexpr):
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < HEAD_DIM)
+    return tl.load(ptr + rows[:, None] * row_stride + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_tile(ptr, row_stride, rows, n_rows, cols, x, HEAD_DIM: tl.constexpr):
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < HEAD_DIM)
+    tl.store(ptr + rows[:, None] * row_stride + cols[None, :], x.to(ptr.dtype.element_ty), mask=mask)
+
+
+# Head dims that are not a power of two run as two column chunks, [0, D_LO) and [D_LO, D_LO + D_HI)
+# (hd 80 = 64 + 16): padding 80 to 128 would waste 37% of the products and spill registers.
+# RoPE pairs never straddle the split (D_LO is even), so each chunk rotates on its own.
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, QPOS, KPOS, O, LSE,
                 stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                 stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
                 stride_qpb, stride_kpb, n_heads, n_q, n_k, causal_block, qk_scale,
                 HEAD_DIM: tl.constexpr, SEG: tl.constexpr, TILE: tl.constexpr, CAUSAL: tl.constexpr,
                 FAST_TRIG: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_LO: tl.constexpr, D_HI: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // n_heads
@@ -134,34 +153,44 @@ def _fwd_kernel(Q, K, V, QPOS, KPOS, O, LSE,
     kpos = KPOS + b * stride_kpb
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_D)
+    cols = tl.arange(0, D_LO)
     q = _load_rotated(q_base, stride_qn, rows, n_q, cols, qpos, HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
+    acc = tl.zeros((BLOCK_M, D_LO), tl.float32)
+    if D_HI > 0:
+        cols_hi = D_LO + tl.arange(0, D_HI)
+        q_hi = _load_rotated(q_base, stride_qn, rows, n_q, cols_hi, qpos, HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
+        acc_hi = tl.zeros((BLOCK_M, D_HI), tl.float32)
     limit = _key_limit(rows, n_q, n_k, causal_block, CAUSAL)
     # Key tiles beyond the last row's limit are fully masked for the whole block: skip them.
     hi = tl.max(tl.where(rows < n_q, limit, 0), axis=0)
 
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     for start_n in range(0, hi, BLOCK_N):
         keys = start_n + tl.arange(0, BLOCK_N)
         k = _load_rotated(k_base, stride_kn, keys, n_k, cols, kpos, HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
-        v = tl.load(v_base + keys[:, None] * stride_vn + cols[None, :],
-                    mask=(keys[:, None] < n_k) & (cols[None, :] < HEAD_DIM), other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
-        s = tl.where(keys[None, :] < limit[:, None], s, float("-inf"))
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        if D_HI > 0:
+            k_hi = _load_rotated(k_base, stride_kn, keys, n_k, cols_hi, kpos, HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
+            s += tl.dot(q_hi, tl.trans(k_hi), input_precision=DOT_PRECISION)
+        s = tl.where(keys[None, :] < limit[:, None], s * qk_scale, float("-inf"))  # log2 units
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v, input_precision=DOT_PRECISION)
+        p = p.to(dtype)
+        v = _load_tile(v_base, stride_vn, keys, n_k, cols, HEAD_DIM)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
+        if D_HI > 0:
+            v_hi = _load_tile(v_base, stride_vn, keys, n_k, cols_hi, HEAD_DIM)
+            acc_hi = acc_hi * alpha[:, None] + tl.dot(p, v_hi, input_precision=DOT_PRECISION)
         m_i = m_new
 
-    acc = acc / l_i[:, None]
-    in_rows = rows < n_q
-    tl.store(O + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + cols[None, :], acc.to(dtype),
-             mask=in_rows[:, None] & (cols[None, :] < HEAD_DIM))
-    tl.store(LSE + bh * n_q + rows, m_i + tl.log2(l_i), mask=in_rows)
+    o_base = O + b * stride_ob + h * stride_oh
+    _store_tile(o_base, stride_on, rows, n_q, cols, acc / l_i[:, None], HEAD_DIM)
+    if D_HI > 0:
+        _store_tile(o_base, stride_on, rows, n_q, cols_hi, acc_hi / l_i[:, None], HEAD_DIM)
+    tl.store(LSE + bh * n_q + rows, m_i + tl.log2(l_i), mask=rows < n_q)
 
 
 @triton.jit
@@ -172,7 +201,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, DK, DV,
                      stride_qpb, stride_kpb, n_heads, n_q, n_k, causal_block, qk_scale, sm_scale,
                      HEAD_DIM: tl.constexpr, SEG: tl.constexpr, TILE: tl.constexpr, CAUSAL: tl.constexpr,
                      FAST_TRIG: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_LO: tl.constexpr, D_HI: tl.constexpr):
     """One key tile per program, looping over the query tiles that can see it."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
@@ -180,47 +209,64 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, DK, DV,
     h = bh % n_heads
     dtype = Q.dtype.element_ty
     q_base = Q + b * stride_qb + h * stride_qh
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
     do_base = DO + b * stride_dob + h * stride_doh
     qpos = QPOS + b * stride_qpb
     kpos = KPOS + b * stride_kpb
 
     keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols[None, :] < HEAD_DIM
-    k = _load_rotated(K + b * stride_kb + h * stride_kh, stride_kn, keys, n_k, cols, kpos,
-                      HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
-    v = tl.load(V + b * stride_vb + h * stride_vh + keys[:, None] * stride_vn + cols[None, :],
-                mask=(keys[:, None] < n_k) & col_ok, other=0.0)
+    cols = tl.arange(0, D_LO)
+    k = _load_rotated(k_base, stride_kn, keys, n_k, cols, kpos, HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
+    v = _load_tile(v_base, stride_vn, keys, n_k, cols, HEAD_DIM)
+    dk = tl.zeros((BLOCK_N, D_LO), tl.float32)
+    dv = tl.zeros((BLOCK_N, D_LO), tl.float32)
+    if D_HI > 0:
+        cols_hi = D_LO + tl.arange(0, D_HI)
+        k_hi = _load_rotated(k_base, stride_kn, keys, n_k, cols_hi, kpos, HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
+        v_hi = _load_tile(v_base, stride_vn, keys, n_k, cols_hi, HEAD_DIM)
+        dk_hi = tl.zeros((BLOCK_N, D_HI), tl.float32)
+        dv_hi = tl.zeros((BLOCK_N, D_HI), tl.float32)
     lo = 0
     if CAUSAL:
         # The first query whose step reaches this tile's first key; earlier query tiles see none of it.
         first_query = (pid_n * BLOCK_N) // causal_block * causal_block - (n_k - n_q)
         lo = tl.maximum(first_query, 0) // BLOCK_M * BLOCK_M
 
-    dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
-    dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     for start_m in range(lo, n_q, BLOCK_M):
         rows = start_m + tl.arange(0, BLOCK_M)
         in_rows = rows < n_q
         q = _load_rotated(q_base, stride_qn, rows, n_q, cols, qpos, HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
-        do = tl.load(do_base + rows[:, None] * stride_don + cols[None, :], mask=in_rows[:, None] & col_ok, other=0.0)
+        do = _load_tile(do_base, stride_don, rows, n_q, cols, HEAD_DIM)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        if D_HI > 0:
+            q_hi = _load_rotated(q_base, stride_qn, rows, n_q, cols_hi, qpos, HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
+            do_hi = _load_tile(do_base, stride_don, rows, n_q, cols_hi, HEAD_DIM)
+            s += tl.dot(q_hi, tl.trans(k_hi), input_precision=DOT_PRECISION)
+            dp += tl.dot(do_hi, tl.trans(v_hi), input_precision=DOT_PRECISION)
         lse = tl.load(LSE + bh * n_q + rows, mask=in_rows, other=0.0)
         delta = tl.load(DELTA + bh * n_q + rows, mask=in_rows, other=0.0)
         limit = _key_limit(rows, n_q, n_k, causal_block, CAUSAL)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
         visible = (keys[None, :] < limit[:, None]) & in_rows[:, None]
-        p = tl.where(visible, tl.exp2(s - lse[:, None]), 0.0)
-        dv += tl.dot(tl.trans(p.to(dtype)), do, input_precision=DOT_PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(dtype)), q, input_precision=DOT_PRECISION)
+        p = tl.where(visible, tl.exp2(s * qk_scale - lse[:, None]), 0.0)
+        pt = tl.trans(p.to(dtype))
+        dst = tl.trans((p * (dp - delta[:, None])).to(dtype))  # ds^T, (BLOCK_N, BLOCK_M)
+        dv += tl.dot(pt, do, input_precision=DOT_PRECISION)
+        dk += tl.dot(dst, q, input_precision=DOT_PRECISION)
+        if D_HI > 0:
+            dv_hi += tl.dot(pt, do_hi, input_precision=DOT_PRECISION)
+            dk_hi += tl.dot(dst, q_hi, input_precision=DOT_PRECISION)
 
-    dk = _rope_transpose(dk * sm_scale, kpos, keys, n_k, cols, BLOCK_D, SEG, TILE, FAST_TRIG)
-    out_mask = (keys[:, None] < n_k) & col_ok
-    tl.store(DK + b * stride_dkb + h * stride_dkh + keys[:, None] * stride_dkn + cols[None, :],
-             dk.to(dtype), mask=out_mask)
-    tl.store(DV + b * stride_dvb + h * stride_dvh + keys[:, None] * stride_dvn + cols[None, :],
-             dv.to(dtype), mask=out_mask)
+    dk_base = DK + b * stride_dkb + h * stride_dkh
+    dv_base = DV + b * stride_dvb + h * stride_dvh
+    dk = _rope_transpose(dk * sm_scale, kpos, keys, n_k, cols, D_LO, SEG, TILE, FAST_TRIG)
+    _store_tile(dk_base, stride_dkn, keys, n_k, cols, dk, HEAD_DIM)
+    _store_tile(dv_base, stride_dvn, keys, n_k, cols, dv, HEAD_DIM)
+    if D_HI > 0:
+        dk_hi = _rope_transpose(dk_hi * sm_scale, kpos, keys, n_k, cols_hi, D_HI, SEG, TILE, FAST_TRIG)
+        _store_tile(dk_base, stride_dkn, keys, n_k, cols_hi, dk_hi, HEAD_DIM)
+        _store_tile(dv_base, stride_dvn, keys, n_k, cols_hi, dv_hi, HEAD_DIM)
 
 
 @triton.jit
@@ -231,64 +277,91 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, QPOS, KPOS, DQ,
                    stride_qpb, stride_kpb, n_heads, n_q, n_k, causal_block, qk_scale, sm_scale,
                    HEAD_DIM: tl.constexpr, SEG: tl.constexpr, TILE: tl.constexpr, CAUSAL: tl.constexpr,
                    FAST_TRIG: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_LO: tl.constexpr, D_HI: tl.constexpr):
     """One query tile per program, looping over the key tiles it can see."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // n_heads
     h = bh % n_heads
     dtype = Q.dtype.element_ty
+    q_base = Q + b * stride_qb + h * stride_qh
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
+    do_base = DO + b * stride_dob + h * stride_doh
     qpos = QPOS + b * stride_qpb
     kpos = KPOS + b * stride_kpb
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_D)
     in_rows = rows < n_q
-    col_ok = cols[None, :] < HEAD_DIM
-    q = _load_rotated(Q + b * stride_qb + h * stride_qh, stride_qn, rows, n_q, cols, qpos,
-                      HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_don + cols[None, :],
-                 mask=in_rows[:, None] & col_ok, other=0.0)
+    cols = tl.arange(0, D_LO)
+    q = _load_rotated(q_base, stride_qn, rows, n_q, cols, qpos, HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
+    do = _load_tile(do_base, stride_don, rows, n_q, cols, HEAD_DIM)
+    dq = tl.zeros((BLOCK_M, D_LO), tl.float32)
+    if D_HI > 0:
+        cols_hi = D_LO + tl.arange(0, D_HI)
+        q_hi = _load_rotated(q_base, stride_qn, rows, n_q, cols_hi, qpos, HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
+        do_hi = _load_tile(do_base, stride_don, rows, n_q, cols_hi, HEAD_DIM)
+        dq_hi = tl.zeros((BLOCK_M, D_HI), tl.float32)
     lse = tl.load(LSE + bh * n_q + rows, mask=in_rows, other=0.0)
     delta = tl.load(DELTA + bh * n_q + rows, mask=in_rows, other=0.0)
     limit = _key_limit(rows, n_q, n_k, causal_block, CAUSAL)
     hi = tl.max(tl.where(in_rows, limit, 0), axis=0)
 
-    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     for start_n in range(0, hi, BLOCK_N):
         keys = start_n + tl.arange(0, BLOCK_N)
         k = _load_rotated(k_base, stride_kn, keys, n_k, cols, kpos, HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
-        v = tl.load(v_base + keys[:, None] * stride_vn + cols[None, :],
-                    mask=(keys[:, None] < n_k) & col_ok, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        visible = (keys[None, :] < limit[:, None]) & in_rows[:, None]
-        p = tl.where(visible, tl.exp2(s - lse[:, None]), 0.0)
+        v = _load_tile(v_base, stride_vn, keys, n_k, cols, HEAD_DIM)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(dtype), k, input_precision=DOT_PRECISION)
+        if D_HI > 0:
+            k_hi = _load_rotated(k_base, stride_kn, keys, n_k, cols_hi, kpos, HEAD_DIM, SEG, TILE, FAST_TRIG).to(dtype)
+            v_hi = _load_tile(v_base, stride_vn, keys, n_k, cols_hi, HEAD_DIM)
+            s += tl.dot(q_hi, tl.trans(k_hi), input_precision=DOT_PRECISION)
+            dp += tl.dot(do_hi, tl.trans(v_hi), input_precision=DOT_PRECISION)
+        visible = (keys[None, :] < limit[:, None]) & in_rows[:, None]
+        p = tl.where(visible, tl.exp2(s * qk_scale - lse[:, None]), 0.0)
+        ds = (p * (dp - delta[:, None])).to(dtype)
+        dq += tl.dot(ds, k, input_precision=DOT_PRECISION)
+        if D_HI > 0:
+            dq_hi += tl.dot(ds, k_hi, input_precision=DOT_PRECISION)
 
-    dq = _rope_transpose(dq * sm_scale, qpos, rows, n_q, cols, BLOCK_D, SEG, TILE, FAST_TRIG)
-    tl.store(DQ + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqn + cols[None, :],
-             dq.to(dtype), mask=in_rows[:, None] & col_ok)
+    dq_base = DQ + b * stride_dqb + h * stride_dqh
+    dq = _rope_transpose(dq * sm_scale, qpos, rows, n_q, cols, D_LO, SEG, TILE, FAST_TRIG)
+    _store_tile(dq_base, stride_dqn, rows, n_q, cols, dq, HEAD_DIM)
+    if D_HI > 0:
+        dq_hi = _rope_transpose(dq_hi * sm_scale, qpos, rows, n_q, cols_hi, D_HI, SEG, TILE, FAST_TRIG)
+        _store_tile(dq_base, stride_dqn, rows, n_q, cols_hi, dq_hi, HEAD_DIM)
 
 
 class LaunchConfig:
-    """Tile sizes and flags the launcher picks for one (head_dim, dtype, pass); the AOT test
-    compiles exactly these."""
+    """Tile sizes and flags the launcher picks for one (head_dim, dtype, kernel), kernel one of
+    "fwd", "dkdv", "dq"; the AOT test (tests/test_aot_compile.py) compiles exactly these, for
+    sm_90 and sm_80, and rejects register spills."""
 
-    def __init__(self, head_dim: int, dtype: torch.dtype, backward: bool):
-        self.block_d = triton.next_power_of_2(head_dim)
-        if backward:
-            self.block_m, self.block_n = 64, 64
-            self.num_warps = 4
-        else:
-            self.block_m, self.block_n = (128, 64) if dtype != torch.float32 else (64, 64)
-            self.num_warps = 8 if self.block_d >= 64 else 4
-        self.num_stages = 2
-        # fp32 inputs get full-precision products (no TF32), so the kernel is as exact as PyTorch.
+    def __init__(self, head_dim: int, dtype: torch.dtype, kernel: str):
+        self.d_lo = 1 << (head_dim.bit_length() - 1)  # largest power of two <= head_dim
+        rest = head_dim - self.d_lo
+        self.d_hi = max(16, triton.next_power_of_2(rest)) if rest else 0  # tl.dot needs K >= 16
+        # fp32 gets full-precision products (no TF32), as exact as PyTorch. It keeps the 16-bit
+        # tile sizes so the interpreter tests walk the same tiles (partial tiles, causal bounds) as
+        # the GPU configurations; on a GPU those IEEE products spill, so the op never sends fp32.
         self.dot_precision = "ieee" if dtype == torch.float32 else "tf32"
+        if kernel == "fwd":
+            self.block_m, self.block_n = 128, 64
+        elif kernel == "dkdv":
+            # Holding k, v, dk, dv for two column chunks (hd 80) leaves room for 32 query rows only.
+            self.block_m, self.block_n = (32 if self.d_hi else 64), 64
+        elif kernel == "dq":
+            self.block_m, self.block_n = 64, 64
+        else:
+            raise ValueError(f"LaunchConfig: kernel must be 'fwd', 'dkdv' or 'dq', got {kernel!r}")
+        self.num_warps = 8 if head_dim >= 64 else 4
+        self.num_stages = 2
+
+    def constexprs(self, head_dim: int, tile: bool, causal: bool, fast_trig: bool) -> dict:
+        return dict(HEAD_DIM=head_dim, SEG=2 * ((head_dim // 3) // 2), TILE=tile, CAUSAL=causal,
+                    FAST_TRIG=fast_trig, DOT_PRECISION=self.dot_precision, BLOCK_M=self.block_m,
+                    BLOCK_N=self.block_n, D_LO=self.d_lo, D_HI=self.d_hi)
 
 
 def _positions(pos: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -311,16 +384,14 @@ def rope_attention_fwd(q, k, v, q_pos, k_pos, tile: bool, causal_block: int) -> 
     k_pos, kpb = _positions(k_pos)
     o = torch.empty_like(q)
     lse = torch.empty((B, H, n_q), device=q.device, dtype=torch.float32)
-    cfg = LaunchConfig(hd, q.dtype, backward=False)
+    cfg = LaunchConfig(hd, q.dtype, "fwd")
     grid = (triton.cdiv(n_q, cfg.block_m), B * H)
     wrap_triton(_fwd_kernel)[grid](
         q, k, v, q_pos, k_pos, o, lse,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
         qpb, kpb, H, n_q, n_k, max(causal_block, 1), hd**-0.5 * LOG2E,
-        HEAD_DIM=hd, SEG=2 * ((hd // 3) // 2), TILE=tile, CAUSAL=causal_block > 0,
-        FAST_TRIG=not interpreting(), DOT_PRECISION=cfg.dot_precision,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d,
+        **cfg.constexprs(hd, tile, causal_block > 0, not interpreting()),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return o, lse
 
@@ -335,19 +406,19 @@ def rope_attention_bwd(do, q, k, v, o, lse, q_pos, k_pos, tile: bool,
     k_pos, kpb = _positions(k_pos)
     delta = (do.float() * o.float()).sum(-1)  # (B, H, Nq): rowsum(do * o), a memory-bound pass
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    cfg = LaunchConfig(hd, q.dtype, backward=True)
-    shared = dict(HEAD_DIM=hd, SEG=2 * ((hd // 3) // 2), TILE=tile, CAUSAL=causal_block > 0,
-                  FAST_TRIG=not interpreting(), DOT_PRECISION=cfg.dot_precision,
-                  BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d,
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     scalars = (H, n_q, n_k, max(causal_block, 1), hd**-0.5 * LOG2E, hd**-0.5)
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
+    cfg = LaunchConfig(hd, q.dtype, "dkdv")
     wrap_triton(_bwd_dkdv_kernel)[(triton.cdiv(n_k, cfg.block_n), B * H)](
         q, k, v, do, lse, delta, q_pos, k_pos, dk, dv, *strides,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        qpb, kpb, *scalars, **shared)
+        qpb, kpb, *scalars, **cfg.constexprs(hd, tile, causal_block > 0, not interpreting()),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    cfg = LaunchConfig(hd, q.dtype, "dq")
     wrap_triton(_bwd_dq_kernel)[(triton.cdiv(n_q, cfg.block_m), B * H)](
         q, k, v, do, lse, delta, q_pos, k_pos, dq, *strides,
-        dq.stride(0), dq.stride(1), dq.stride(2), qpb, kpb, *scalars, **shared)
+        dq.stride(0), dq.stride(1), dq.stride(2), qpb, kpb, *scalars,
+        **cfg.constexprs(hd, tile, causal_block > 0, not interpreting()),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return dq, dk, dv

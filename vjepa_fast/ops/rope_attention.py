@@ -161,12 +161,23 @@ if triton_available():
     rope_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.compiler.assume_constant_result
+def _kernel_backward_supported(device_index: int) -> bool:
+    """The backward kernels are tuned for Hopper (sm_90 and newer), where they compile without
+    register spills; on older GPUs they spill, so training there uses the reference."""
+    return torch.cuda.get_device_capability(device_index) >= (9, 0)
+
+
 def use_fused(q: Tensor, k: Tensor, v: Tensor, q_rope: Rope, k_rope: Rope) -> bool:
-    """The kernel handles CUDA tensors of its dtypes and head dims whose Ropes carry a mode."""
+    """The kernel handles 16-bit CUDA tensors of its head dims whose Ropes carry a mode (and, when
+    gradients are needed, a GPU its backward kernels are tuned for)."""
     if not use_triton(q, k, v):
         return False
-    return (q.dtype in kernels.DTYPES and q.shape[-1] in kernels.HEAD_DIMS
-            and q_rope.mode is not None and q_rope.mode == k_rope.mode)
+    if not (q.dtype in kernels.GPU_DTYPES and q.shape[-1] in kernels.HEAD_DIMS
+            and q_rope.mode is not None and q_rope.mode == k_rope.mode):
+        return False
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    return not needs_grad or _kernel_backward_supported(q.device.index)
 
 
 def rope_attention(q: Tensor, k: Tensor, v: Tensor, q_rope: Rope, k_rope: Rope | None = None,
