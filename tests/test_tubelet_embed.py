@@ -156,7 +156,7 @@ def _aot_requests() -> list[AotRequest]:
     cases += [(80, w, "u8", True, "ieee") for w in names.values()]
     requests = []
     for arch, w, video, heavy, precision in cases:
-        cfg = te.LaunchConfig({v: k for k, v in names.items()}[w])
+        cfg = te.LaunchConfig.for_dtype({v: k for k, v in names.items()}[w])
         sig = {"VIDEO": f"*{video}", "W": f"*{w}", "BIAS": f"*{w}", "IDS": "*i64", "MEAN": "*fp32",
                "INV_STD": "*fp32", "OUT": f"*{w}"}
         sig.update({name: "i32" for name in ("M", "n_tok", "D", "K", "grid_h", "grid_w", "stride_vb", "stride_vt",
