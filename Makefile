@@ -21,7 +21,7 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*)
 	@touch $@
 
 train: setup
-	$(PY) -m vjepa_fast.extract --demo --out outputs/demo_features.safetensors
+	$(PY) -m vjepa_fast.train
 
 test: setup
 	$(PY) -m pytest tests -q

@@ -2,8 +2,8 @@
 
 With no arguments it trains a small model on generated physics clips on the CPU in a few minutes,
 then checks what the encoder learnt with a frozen-feature probe: ridge regression of the red
-ball's velocity and of its position one frame after the clip, from the trained encoder's pooled
-features and from a randomly initialised encoder's. Under torchrun the same command trains with
+ball's velocity, of its position one frame after the clip and of the number of balls, from the
+trained target encoder's token features and from a randomly initialised encoder's. Under torchrun the same command trains with
 DDP (or FSDP2 with --fsdp).
 """
 from __future__ import annotations
@@ -26,29 +26,25 @@ PROBE_SEED = 10_000  # probe clips come from another stream than the training cl
 
 
 @torch.no_grad()
-def pooled_features(encoder: Encoder, videos: Tensor, batch: int = 32) -> Tensor:
-    """(N, T, 3, H, W) -> (N, Tp*D): tokens averaged over space, one vector per tubelet time step
-    (the time axis is kept so motion stays linearly readable)."""
-    out = []
-    for chunk in videos.split(batch):
-        tokens = encoder(chunk)  # (B, Tp*Hp*Wp, D)
-        Tp = encoder.grid(encoder.frames(chunk))[0]
-        out.append(tokens.view(tokens.shape[0], Tp, -1, tokens.shape[-1]).mean(2).flatten(1))  # (B, Tp*D)
-    return torch.cat(out).double()
+def token_features(encoder: Encoder, videos: Tensor, batch: int = 32) -> Tensor:
+    """(N, T, 3, H, W) -> (N, tokens*D): every token's features side by side. Pooling over space
+    would throw away where the ball is, which is what the probe asks about."""
+    return torch.cat([encoder(chunk).flatten(1) for chunk in videos.split(batch)]).double()
 
 
 def probe_data(config: TrainConfig, count: int) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clips of config.frames frames, plus targets for ball 0 (red): its velocity at the last frame
-    and its position at the frame after the clip (simulated, never shown)."""
+    """Clips of config.frames frames, plus targets: the red ball's (ball 0) velocity at the last
+    frame, its position at the frame after the clip (simulated, never shown), and the number of
+    balls."""
     physics = PhysicsConfig(frames=config.frames + 1, size=config.crop_size, max_balls=config.max_balls)
-    videos, velocity, next_position = [], [], []
+    videos, targets = [], {"velocity": [], "next position": [], "ball count": []}
     for i in range(count):
         video, info = generate_clip(physics, clip_seed(config.seed + PROBE_SEED, i))
         videos.append(normalize(video[:-1].permute(0, 3, 1, 2)))
-        velocity.append(info["velocities"][-2, 0])
-        next_position.append(info["positions"][-1, 0])
-    return torch.stack(videos), {"velocity": torch.stack(velocity).double(),
-                                 "next position": torch.stack(next_position).double()}
+        targets["velocity"].append(info["velocities"][-2, 0])
+        targets["next position"].append(info["positions"][-1, 0])
+        targets["ball count"].append(torch.tensor([float(info["num_balls"])]))
+    return torch.stack(videos), {name: torch.stack(y).double() for name, y in targets.items()}
 
 
 def ridge_r2(x_fit: Tensor, y_fit: Tensor, x_test: Tensor, y_test: Tensor) -> float:
@@ -86,7 +82,7 @@ def probe(config: TrainConfig, encoder: Encoder) -> ProbeResult:
     scores = []
     for model in (encoder, random_encoder):
         model = model.eval().to("cpu")
-        x = pooled_features(model, videos)
+        x = token_features(model, videos)
         scores.append({name: ridge_r2(x[:split], y[:split], x[split:], y[split:]) for name, y in targets.items()})
     return ProbeResult(*scores)
 
@@ -103,7 +99,7 @@ def plot_losses(history: list[dict], path: Path) -> None:
     lr_axis = ax.twinx()
     lr_axis.plot(steps, [h["lr"] for h in history], color="tab:orange", lw=1, label="learning rate")
     lr_axis.set_ylabel("learning rate")
-    fig.legend(loc="upper right")
+    fig.legend(loc="center right", bbox_to_anchor=(0.85, 0.5))
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)
@@ -128,7 +124,7 @@ def run(config: TrainConfig) -> ProbeResult | None:
                 result = probe(config, trainer.target)
                 print("frozen-feature ridge probe on held-out physics clips (test R^2, 1 = perfect, 0 = mean guess):")
                 for name in result.trained:
-                    print(f"  red ball {name:14s} trained encoder {result.trained[name]:6.3f}   "
+                    print(f"  {name:14s} trained encoder {result.trained[name]:6.3f}   "
                           f"random encoder {result.random[name]:6.3f}")
         return result
     finally:

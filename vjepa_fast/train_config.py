@@ -41,7 +41,7 @@ class TrainConfig:
     min_aspect: float = field(default=0.75, metadata={"help": "random-resized-crop: smallest aspect ratio"})
     max_aspect: float = field(default=1.35, metadata={"help": "random-resized-crop: largest aspect ratio"})
     max_balls: int = field(default=3, metadata={"help": "physics data: most balls per clip"})
-    workers: int = field(default=0, metadata={"help": "DataLoader worker processes per rank"})
+    workers: int = field(default=1, metadata={"help": "DataLoader worker processes per rank"})
     # ---- masks
     short_blocks: int = field(default=8, metadata={"help": "short-range mask: blocks per clip"})
     short_scale: float = field(default=0.15, metadata={"help": "short-range mask: frame fraction per block"})
@@ -49,7 +49,7 @@ class TrainConfig:
     long_scale: float = field(default=0.7, metadata={"help": "long-range mask: frame fraction per block"})
     # ---- optimisation
     steps: int = field(default=300, metadata={"help": "optimizer steps in total"})
-    batch_size: int = field(default=16, metadata={"help": "clips per optimizer step per rank"})
+    batch_size: int = field(default=8, metadata={"help": "clips per optimizer step per rank"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches each step is split into"})
     warmup_steps: int = field(default=30, metadata={"help": "linear warm-up from start_lr to lr"})
     cooldown_steps: int = field(default=60, metadata={"help": "final linear decay from lr to final_lr"})
@@ -59,7 +59,7 @@ class TrainConfig:
     weight_decay: float = field(default=0.04, metadata={"help": "AdamW weight decay (not on biases and 1-D params)"})
     beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
     beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
-    ema: float = field(default=0.99, metadata={"help": "target-encoder EMA momentum"})
+    ema: float = field(default=0.996, metadata={"help": "target-encoder EMA momentum"})
     dtype: str = field(default="auto", metadata={"help": "auto (bfloat16 autocast on CUDA, float32 on CPU), "
                                                          "float32 or bfloat16"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute block activations in backward"})
@@ -71,7 +71,8 @@ class TrainConfig:
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints (and at the end)"})
     seed: int = field(default=0, metadata={"help": "seed of the weights, data order, augmentation and masks"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
-    threads: int = field(default=0, metadata={"help": "CPU threads per process (0: torch's default)"})
+    threads: int = field(default=1, metadata={"help": "CPU threads per process (0: torch's default); the CPU "
+                                                       "default leaves the second core to the data worker"})
     probe: bool = field(default=True, metadata={"help": "after training on physics data: ridge-probe trained vs "
                                                         "random encoder features"})
     probe_clips: int = field(default=384, metadata={"help": "physics clips for the probe (3/4 fit, 1/4 test)"})
@@ -141,7 +142,7 @@ class TrainConfig:
 # frames, which is a second run with --frames 64 --resume).
 _PAPER = dict(patch_size=16, crop_size=256, frames=16, batch_size=24, steps=252_000, warmup_steps=12_000,
               cooldown_steps=12_000, start_lr=1e-4, lr=5.25e-4, final_lr=1e-6, ema=0.99925,
-              activation_checkpointing=True, data="", workers=8, probe=False, checkpoint_every=1000)
+              activation_checkpointing=True, workers=8, threads=0, probe=False, checkpoint_every=1000)
 # The CPU default: a small model on the embedded physics clips that trains in a few minutes on two
 # cores. The EMA is faster than the paper's because the run is 1000x shorter.
 TRAIN_PRESETS: dict[str, dict] = {
