@@ -14,7 +14,7 @@ import torch
 from vjepa_fast.kernels import rope_attention as kernels
 from vjepa_fast.ops import dispatch
 from vjepa_fast.ops.rope import Rope, make_rope, rope_angles
-from vjepa_fast.ops.rope_attention import rope_attention, rope_attention_ref
+from vjepa_fast.ops.rope_attention import rope_attention, rope_attention_ref, use_fused
 
 @dataclass(frozen=True)
 class Case:
@@ -83,7 +83,7 @@ INTERPRETER_CASES = [
     Case(1, 1, 45, 45, 80, "tile", False),
     Case(3, 1, 19, 33, 80, "interleave", True),      # Nq != Nk: cross attention, separate positions
     Case(1, 1, 300, 530, 32, "tile", False, 258),    # AC predictor steps of 258 tokens, KV-cache alignment
-    Case(3, 1, 40, 70, 64, "interleave", True, 9),   # small steps: every kind of partial tile
+    Case(3, 1, 40, 70, 80, "interleave", True, 9),   # small steps: every kind of partial tile; 64+16 chunks
 ]
 
 
@@ -194,14 +194,23 @@ GPU_CASES = [
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_kernel_matches_reference(case, dtype, floor):
+    """16-bit inputs go through the op (dispatch, autograd); fp32, which the op leaves to SDPA,
+    through the launchers directly."""
     q, k, v, q_pos, k_pos = _inputs(case, dtype, "cuda")
     do = torch.randn_like(q)
-    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
-    q_rope, k_rope = make_rope(q_pos, case.head_dim, case.mode), make_rope(k_pos, case.head_dim, case.mode)
-    assert q_rope._cos is None, "the kernel path should not build cos/sin tables"
-    out = rope_attention(*leaves, q_rope, k_rope, case.causal_block)
-    out.backward(do)
-    _check_against_oracle(out.detach(), [x.grad for x in leaves], q, k, v, q_pos, k_pos, case, do, floor)
+    if dtype == torch.float32:
+        out, lse = kernels.rope_attention_fwd(q, k, v, q_pos, k_pos, case.mode == "tile", case.causal_block)
+        grads = kernels.rope_attention_bwd(do, q, k, v, out, lse, q_pos, k_pos, case.mode == "tile",
+                                           case.causal_block)
+    else:
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        q_rope, k_rope = make_rope(q_pos, case.head_dim, case.mode), make_rope(k_pos, case.head_dim, case.mode)
+        assert q_rope._cos is None, "the kernel path should not build cos/sin tables"
+        assert use_fused(*leaves, q_rope, k_rope)
+        out = rope_attention(*leaves, q_rope, k_rope, case.causal_block)
+        out.backward(do)
+        out, grads = out.detach(), [x.grad for x in leaves]
+    _check_against_oracle(out, grads, q, k, v, q_pos, k_pos, case, do, floor)
 
 
 @pytest.mark.cuda
