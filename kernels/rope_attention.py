@@ -40,6 +40,7 @@ HEAD_DIMS = (32, 64, 80)
 GPU_DTYPES = (torch.float16, torch.bfloat16)
 LOG2E = 1.4426950408889634
 LOG2_THETA = tl.constexpr(math.log2(10000.0))  # log2 of the RoPE base
+TWO_PI = tl.constexpr(2 * math.pi)
 
 
 def interpreting() -> bool:
@@ -58,10 +59,10 @@ def _fast_sin(x):
 
 @triton.jit
 def _cos_sin(pos_ptr, rows, n_rows, cols, SEG: tl.constexpr, TILE: tl.constexpr, FAST_TRIG: tl.constexpr):
-    """(R, BLOCK_D) fp32 cos/sin of each row's angle for each channel; tail and padding get (1, 0).
-    FAST_TRIG uses the GPU's sin.approx/cos.approx (abs. error ~1e-6 for |a| < 100 pi; angles here
-    are position * w <= position): libdevice's accurate sinf needs a spill stack for its slow
-    argument reduction. The interpreter has no inline assembly and uses the exact functions."""
+    """(R, len(cols)) fp32 cos/sin of each row's angle for each channel; tail and padding get (1, 0).
+    FAST_TRIG uses the GPU's sin.approx/cos.approx after a one-FMA reduction to [-pi, pi] (abs.
+    error ~1e-6): libdevice's accurate sinf needs a spill stack for its slow argument reduction.
+    The interpreter has no inline assembly and uses the exact functions."""
     axis = cols // SEG
     i = cols - axis * SEG
     if TILE:
@@ -77,6 +78,8 @@ def _cos_sin(pos_ptr, rows, n_rows, cols, SEG: tl.constexpr, TILE: tl.constexpr,
     pos = tl.where(axis[None, :] == 0, p_t[:, None], tl.where(axis[None, :] == 1, p_h[:, None], p_w[:, None]))
     angle = pos * freq[None, :]
     if FAST_TRIG:
+        # Reduce to [-pi, pi] first: the approximations are accurate near 0 and degrade past 100 pi.
+        angle = angle - TWO_PI * tl.floor(angle * (1.0 / TWO_PI) + 0.5)
         return _fast_cos(angle), _fast_sin(angle)
     else:
         return tl.cos(angle), tl.sin(angle)
