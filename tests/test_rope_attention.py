@@ -175,6 +175,8 @@ def test_bad_arguments_name_the_argument():
         rope_attention(q, torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16), rope)
     with pytest.raises(ValueError, match="q_rope.positions"):
         rope_attention(q, q, q, make_rope(_positions(1, 9), 32, "tile"))
+    with pytest.raises(ValueError, match="q_rope.positions is on meta"):
+        rope_attention(q, q, q, Rope(_positions(1, 8).to("meta"), mode="tile", head_dim=32))
     with pytest.raises(ValueError, match="at least as many keys"):
         k = torch.randn(1, 2, 4, 32)
         rope_attention(q, k, k, rope, make_rope(_positions(1, 4), 32, "tile"), causal_block=3)

@@ -70,6 +70,8 @@ def check_args(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, ca
     for name, pos, n in (("q_rope.positions", q_pos, Nq), ("k_rope.positions", k_pos, Nk)):
         if pos.dim() != 3 or pos.shape[0] not in (1, B) or tuple(pos.shape[1:]) != (n, 3):
             raise ValueError(f"rope_attention: {name} must be ({B} or 1, {n}, 3), got {tuple(pos.shape)}")
+        if pos.device != q.device:
+            raise ValueError(f"rope_attention: {name} is on {pos.device}, q on {q.device}")
     if causal_block > 0 and Nk < Nq:
         raise ValueError(f"rope_attention: block-causal attention needs at least as many keys ({Nk}) as queries ({Nq})")
 
