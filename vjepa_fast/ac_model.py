@@ -192,7 +192,7 @@ class ACPredictor(nn.Module):
         hd = c.hidden_size // c.num_heads
         k_rope = make_rope(step_positions(range(t + 1), c, z.device), hd, c.rope_mode)
         n = c.tokens_per_step  # the queries are this step's tokens, the last n keys
-        q_rope = Rope(k_rope.positions[:, -n:], k_rope.cos[..., -n:, :], k_rope.sin[..., -n:, :])
+        q_rope = k_rope.narrow(-n, n)
         x = self._tokens(z, actions, states)
         kv = []
         for i, block in enumerate(self.predictor_blocks):
