@@ -25,6 +25,7 @@ def setup(tmp_path_factory, request):
     from vjepa_fast.train_config import TrainConfig
     from vjepa_fast.trainer import Trainer
     out = tmp_path_factory.mktemp("bench_train")
+    threads = torch.get_num_threads()
     trainer = Trainer(TrainConfig(**SHAPE, steps=1000, warmup_steps=0, cooldown_steps=0, out=str(out),
                                   progress=False, probe=False, export=False, device=DEV))
     online, target = hf_copy(trainer, out, attn="sdpa")
@@ -32,6 +33,7 @@ def setup(tmp_path_factory, request):
     yield {"trainer": trainer, "online": online.to(DEV), "target": target.to(DEV), "batch": batch}
     TABLE.report(request.config)
     trainer.close()
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("provider", ["reference", "vjepa_fast"])

@@ -17,7 +17,7 @@ from vjepa_fast.train_config import TrainConfig
 def config(tmp_path, **overrides) -> TrainConfig:
     base = dict(width=96, depth=2, heads=2, pred_width=64, pred_depth=2, pred_heads=2, steps=60, warmup_steps=6,
                 cooldown_steps=12, batch_size=8, out=str(tmp_path), progress=False, export=False, workers=0,
-                checkpoint_every=60, probe_clips=160)
+                checkpoint_every=60, probe_clips=160, threads=0)
     return TrainConfig(**{**base, **overrides})
 
 

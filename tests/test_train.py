@@ -1,4 +1,3 @@
-import copy
 import dataclasses
 import logging
 
@@ -19,7 +18,7 @@ def small_config(tmp_path, **overrides) -> TrainConfig:
     """A model small enough for a step in well under a second, with odd sizes (batch 3, head dim 48)."""
     base = dict(width=96, depth=2, heads=2, pred_width=64, pred_depth=2, pred_heads=2, patch_size=8, crop_size=32,
                 frames=4, batch_size=3, steps=6, warmup_steps=2, cooldown_steps=2, checkpoint_every=3,
-                out=str(tmp_path / "run"), progress=False, probe=False, export=False, threads=1)
+                out=str(tmp_path / "run"), progress=False, probe=False, export=False, threads=0)
     return TrainConfig(**{**base, **overrides})
 
 

@@ -160,6 +160,10 @@ class Batch:
     masks: list[tuple[Tensor, Tensor]]     # per mask config: context (B, Kc), target (B, Kt)
     skipped: int                           # unreadable files met while reading this batch
 
+    def pin_memory(self) -> "Batch":
+        """Called by the DataLoader (pin_memory=True) so host-to-GPU copies can be asynchronous."""
+        return Batch(self.video.pin_memory(), [(c.pin_memory(), t.pin_memory()) for c, t in self.masks], self.skipped)
+
 
 @dataclass
 class Collate:

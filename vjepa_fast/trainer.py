@@ -12,7 +12,6 @@ One step, as in Meta's app/vjepa/train.py:
 from __future__ import annotations
 
 import copy
-import csv
 import os
 import random
 import time
@@ -105,14 +104,13 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device is available")
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)  # before NCCL starts, so each rank talks from its own GPU
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
+    return rank, world, device
 
 
 def rng_state() -> dict:
@@ -148,11 +146,11 @@ class Trainer:
         self.target.gradient_checkpointing = False
         use_bf16 = c.dtype == "bfloat16" or (c.dtype == "auto" and self.device.type == "cuda")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
-        if c.compile:  # in place, so state-dict keys keep their names
+        self.model = self._distribute()
+        if c.compile:  # in place (after sharding, as FSDP2 asks), so state-dict keys keep their names
             self.jepa.encoder.compile()
             self.jepa.predictor.compile()
             self.target.compile()
-        self.model = self._distribute()
         # The fused AdamW kernel (one pass over each tensor) where parameters are plain tensors.
         self.optimizer = torch.optim.AdamW(param_groups(self.jepa, c.weight_decay), lr=c.start_lr,
                                            betas=(c.beta1, c.beta2), eps=1e-8, fused=not (c.fsdp and self.world > 1))
@@ -183,7 +181,8 @@ class Trainer:
             augment = Augment(c.crop_size, (c.min_scale, c.max_scale), (c.min_aspect, c.max_aspect))
             dataset = VideoClips(list_videos(c.data), c.frames, c.fps, augment, c.seed)
         mc = self.model_config
-        grid = (c.frames // mc.tubelet_size, c.crop_size // mc.patch_size, c.crop_size // mc.patch_size)
+        # The encoder repeats a clip shorter than a tubelet and drops a trailing partial one.
+        grid = (max(c.frames // mc.tubelet_size, 1), c.crop_size // mc.patch_size, c.crop_size // mc.patch_size)
         batches = StreamBatches(self.step, c.batch_size, c.grad_accum, self.world, self.rank)
         return make_loader(dataset, Collate(grid, c.mask_configs(), c.seed), batches, c.workers,
                            pin=self.device.type == "cuda")
@@ -260,8 +259,6 @@ class Trainer:
             if self.step % c.checkpoint_every == 0 or self.step == c.steps:
                 self.save(self.out / "latest.pt")
         bar.close()
-        if self.rank == 0:
-            self.write_log()
         return losses
 
     def write_log(self) -> None:
@@ -300,6 +297,7 @@ class Trainer:
                      "skipped_videos": self.skipped, "rng": rng_state(), "history": history,
                      "config": asdict(self.config)}
             atomic_write(path, lambda p: torch.save(state, p))
+            self.write_log()
         if self.world > 1:
             dist.barrier()
 
