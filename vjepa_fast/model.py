@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from vjepa_fast.config import VJEPA2Config
+from vjepa_fast.ops.masked_gather import masked_gather
 from vjepa_fast.ops.rope import Rope, make_rope, token_positions
 from vjepa_fast.ops.rope_attention import rope_attention
 from vjepa_fast.ops.tubelet_embed import tubelet_embed
@@ -163,8 +164,6 @@ class Predictor(nn.Module):
                 grid: tuple[int, int], mask_index: int = 1) -> Tensor:
         """context (B, Nc, D) encoder tokens at context_ids (B, Nc); predicts (B, Nt, D) at
         target_ids (B, Nt). Attention has no mask, so token order does not matter and nothing is sorted."""
-        from vjepa_fast.ops.masked_gather import masked_gather
-
         Nc = context.shape[1]
         mask_token = self.mask_tokens[mask_index % self.config.pred_num_mask_tokens]
         # One fused op: embedded context, mask tokens at the target slots, and their (t, h, w) positions.
