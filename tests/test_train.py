@@ -233,6 +233,11 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     trainer.close()
 
 
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint at .*latest.pt"):
+        Trainer(small_config(tmp_path, resume=True))
+
+
 def test_resume_rejects_a_different_batch_size(tmp_path):
     Trainer(small_config(tmp_path, steps=3, warmup_steps=1, cooldown_steps=1)).run()
     with pytest.raises(ValueError, match="batch_size"):

@@ -103,12 +103,11 @@ class Augment:
         return normalize(x.clamp(0, 255))
 
 
-def decode_clip(path: Path, frames: int, fps: float, g: torch.Generator) -> Tensor:
+def decode_clip(decoder_class, path: Path, frames: int, fps: float, g: torch.Generator) -> Tensor:
     """`frames` frames at about `fps` (Meta's rule: every ceil(video fps) // fps-th frame) from a
     random start; a video too short for that is sampled with a smaller step, and one shorter than
     `frames` repeats its last frame. (T, 3, H, W) uint8."""
-    from torchcodec.decoders import VideoDecoder
-    decoder = VideoDecoder(str(path))
+    decoder = decoder_class(str(path))
     total = decoder.metadata.num_frames or 0
     if total < 1:
         raise ValueError(f"{path}: no frames")
@@ -140,13 +139,15 @@ class VideoClips(Dataset):
         return self._perm[1]
 
     def __getitem__(self, k: int) -> tuple[Tensor, int, int]:
+        # Imported outside the try below: FFmpeg missing is an installation error, not a bad file.
+        from torchcodec.decoders import VideoDecoder
         n = len(self.files)
         order = self.order(k // n)
         g = torch.Generator().manual_seed(mix_seed(self.seed, k, 1))
         for attempt in range(n):
             path = self.files[int(order[(k + attempt) % n])]
             try:
-                frames = decode_clip(path, self.frames, self.fps, g)
+                frames = decode_clip(VideoDecoder, path, self.frames, self.fps, g)
             except (RuntimeError, ValueError, OSError) as e:
                 log.warning("skipping unreadable video %s: %s", path, str(e).splitlines()[0] if str(e) else type(e).__name__)
                 continue
