@@ -101,14 +101,19 @@ class ACBlock(Block):
 
     def forward(self, x: Tensor, q_rope: Rope, k_rope: Rope, step_tokens: int,
                 past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        a, kv = self.causal_attention(self.norm1(x), q_rope, k_rope, step_tokens, past)
+        x = x + a
+        return x + self.mlp(self.norm2(x)), kv
+
+    def causal_attention(self, x: Tensor, q_rope: Rope, k_rope: Rope, step_tokens: int,
+                         past: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         B, N, D = x.shape
-        qkv = self.qkv(self.norm1(x)).view(B, N, 3, self.heads, D // self.heads)
+        qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, hd)
         if past is not None:
             k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)  # (B, heads, Nk, hd)
         a = rope_attention(q, k, v, q_rope, k_rope, causal_block=step_tokens)  # (B, heads, N, hd)
-        x = x + self.proj(a.transpose(1, 2).reshape(B, N, D))
-        return x + self.fc2(F.gelu(self.fc1(self.norm2(x)))), (k, v)
+        return self.proj(a.transpose(1, 2).reshape(B, N, D)), (k, v)
 
 
 @dataclass
