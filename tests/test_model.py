@@ -205,3 +205,16 @@ def test_gather_before_embedding_equals_encoding_the_kept_tokens_alone():
     with torch.no_grad():
         expected = enc.norm(run_blocks(enc.blocks, tokens, rope, False))
     assert (got - expected).abs().max() <= 1e-5
+
+
+def test_classifier_checkpoint_loads_its_backbone(tmp_path):
+    """Like transformers, VJEPA2Model.from_pretrained of a classification checkpoint takes the
+    backbone and leaves the head out."""
+    config = hf_model("vitl", depth=1, pred_depth=1).config
+    config.num_labels = 5
+    ref = transformers.VJEPA2ForVideoClassification(config).eval()
+    ref.save_pretrained(tmp_path)
+    ours = VJEPA2Model.from_pretrained(str(tmp_path)).eval()
+    x = torch.randn(2, 4, 3, 64, 64)
+    with torch.no_grad():
+        assert (ours.get_vision_features(x) - ref.vjepa2.get_vision_features(x)).abs().max() <= 1e-4

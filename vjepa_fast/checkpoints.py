@@ -150,6 +150,9 @@ def resolve(path_or_hub_id: str) -> Path:
                               f"from the Hugging Face hub: {e}") from e
 
 
+CLASSIFIER_BACKBONE = "vjepa2."  # transformers' prefix of the encoder/predictor in classifier checkpoints
+
+
 def load_pretrained(cls, path_or_hub_id: str, rope_grid: str | None = None, prefix: str = ""):
     directory = resolve(path_or_hub_id)
     config_path = directory / "config.json"
@@ -160,6 +163,13 @@ def load_pretrained(cls, path_or_hub_id: str, rope_grid: str | None = None, pref
         config.rope_grid = rope_grid
         config.__post_init__()
     state = read_safetensors_dir(directory)
+    if not prefix and any(k.startswith(CLASSIFIER_BACKBONE) for k in state):
+        # A VJEPA2ForVideoClassification checkpoint: its backbone is the model, as transformers'
+        # VJEPA2Model.from_pretrained takes it; only the classification head is left out.
+        extra = sorted(k for k in state if not k.startswith((CLASSIFIER_BACKBONE, "pooler.", "classifier.")))
+        if extra:
+            raise CheckpointError(f"{directory}: unexpected keys beside a classifier's backbone {extra[:20]}")
+        prefix = CLASSIFIER_BACKBONE
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     with torch.device("meta"):
