@@ -153,25 +153,29 @@ def resolve(path_or_hub_id: str) -> Path:
 CLASSIFIER_BACKBONE = "vjepa2."  # transformers' prefix of the encoder/predictor in classifier checkpoints
 
 
-def load_pretrained(cls, path_or_hub_id: str, rope_grid: str | None = None, prefix: str = ""):
+def read_pretrained(path_or_hub_id: str, config_cls, rope_grid: str | None):
+    """(directory, config, state dict) of a transformers checkpoint directory or hub id; config_cls
+    reads config.json (`from_hf_dict`); rope_grid, when given, overrides the config's."""
     directory = resolve(path_or_hub_id)
     config_path = directory / "config.json"
     if not config_path.exists():
         raise CheckpointError(f"{directory}: config.json is missing")
-    config = VJEPA2Config.from_hf_dict(json.loads(config_path.read_text()))
+    config = config_cls.from_hf_dict(json.loads(config_path.read_text()))
     if rope_grid is not None:
         config.rope_grid = rope_grid
         config.__post_init__()
-    state = read_safetensors_dir(directory)
-    if not prefix and any(k.startswith(CLASSIFIER_BACKBONE) for k in state):
+    return directory, config, read_safetensors_dir(directory)
+
+
+def load_pretrained(cls, path_or_hub_id: str, rope_grid: str | None = None):
+    directory, config, state = read_pretrained(path_or_hub_id, VJEPA2Config, rope_grid)
+    if any(k.startswith(CLASSIFIER_BACKBONE) for k in state):
         # A VJEPA2ForVideoClassification checkpoint: its backbone is the model, as transformers'
         # VJEPA2Model.from_pretrained takes it; only the classification head is left out.
         extra = sorted(k for k in state if not k.startswith((CLASSIFIER_BACKBONE, "pooler.", "classifier.")))
         if extra:
             raise CheckpointError(f"{directory}: unexpected keys beside a classifier's backbone {extra[:20]}")
-        prefix = CLASSIFIER_BACKBONE
-    if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        state = {k[len(CLASSIFIER_BACKBONE):]: v for k, v in state.items() if k.startswith(CLASSIFIER_BACKBONE)}
     with torch.device("meta"):
         model = cls(config)
     model = model.to_empty(device="cpu")

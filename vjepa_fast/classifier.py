@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vjepa_fast.checkpoints import CheckpointError, load_state_strict, atomic_write, hf_to_ours, ours_to_hf, \
-    read_safetensors_dir, resolve
+from vjepa_fast.checkpoints import CLASSIFIER_BACKBONE, CheckpointError, atomic_write, hf_to_ours, \
+    load_state_strict, ours_to_hf, read_pretrained
 from vjepa_fast.config import VJEPA2Config
 from vjepa_fast.model import VJEPA2Model, init_weights
 
@@ -255,15 +255,7 @@ class VJEPA2ForVideoClassification(nn.Module):
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str, rope_grid: str | None = None) -> "VJEPA2ForVideoClassification":
         """A transformers VJEPA2ForVideoClassification checkpoint (directory or hub id)."""
-        directory = resolve(path_or_hub_id)
-        config_path = directory / "config.json"
-        if not config_path.exists():
-            raise CheckpointError(f"{directory}: config.json is missing")
-        config = VJEPA2ClassifierConfig.from_hf_dict(json.loads(config_path.read_text()))
-        if rope_grid is not None:
-            config.rope_grid = rope_grid
-            config.__post_init__()
-        state = read_safetensors_dir(directory)
+        directory, config, state = read_pretrained(path_or_hub_id, VJEPA2ClassifierConfig, rope_grid)
         head_weight = state.get("classifier.weight")
         if head_weight is not None and head_weight.shape[0] != config.num_labels:
             raise CheckpointError(f"{directory}: config.json names {config.num_labels} labels (id2label) but "
@@ -272,14 +264,14 @@ class VJEPA2ForVideoClassification(nn.Module):
         with torch.device("meta"):
             model = cls(config)
         model = model.to_empty(device="cpu")
-        backbone = {k[len("vjepa2."):]: v for k, v in state.items() if k.startswith("vjepa2.")}
-        head = {k: v for k, v in state.items() if not k.startswith("vjepa2.")}
-        expected = {k for k in model.state_dict() if not k.startswith("vjepa2.")}
+        backbone = {k[len(CLASSIFIER_BACKBONE):]: v for k, v in state.items() if k.startswith(CLASSIFIER_BACKBONE)}
+        head = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_BACKBONE)}
+        expected = {k for k in model.state_dict() if not k.startswith(CLASSIFIER_BACKBONE)}
         missing, unexpected = sorted(expected - head.keys()), sorted(head.keys() - expected)
         if missing or unexpected:
             raise CheckpointError(f"{directory}: the classification head does not match the model: missing keys "
                                   f"{missing[:20]}; unexpected keys {unexpected[:20]}")
-        ours = {f"vjepa2.{k}": v for k, v in hf_to_ours(model.vjepa2, backbone, str(directory)).items()}
+        ours = {CLASSIFIER_BACKBONE + k: v for k, v in hf_to_ours(model.vjepa2, backbone, str(directory)).items()}
         load_state_strict(model, {**ours, **head}, str(directory))
         return model
 
@@ -287,8 +279,8 @@ class VJEPA2ForVideoClassification(nn.Module):
         """config.json + model.safetensors that transformers' VJEPA2ForVideoClassification reads."""
         from safetensors.torch import save_file
         directory = Path(directory)
-        state = {f"vjepa2.{k}": v for k, v in ours_to_hf(self.vjepa2).items()}
-        state.update({k: v for k, v in self.state_dict().items() if not k.startswith("vjepa2.")})
+        state = {CLASSIFIER_BACKBONE + k: v for k, v in ours_to_hf(self.vjepa2).items()}
+        state.update({k: v for k, v in self.state_dict().items() if not k.startswith(CLASSIFIER_BACKBONE)})
         state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         atomic_write(directory / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
         text = json.dumps(self.config.to_hf_dict(), indent=2)
