@@ -2,6 +2,7 @@
 and the planning entry point runs end to end on what training wrote."""
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -100,6 +101,19 @@ def test_cli_maps_onto_config():
         TrainACConfig(clip_frames=2, rollout_steps=2)
     p = parse_config(plan.PlanConfig, ["--episodes", "2", "--samples", "16"], "x")
     assert (p.episodes, p.samples) == (2, 16)
+
+
+@pytest.mark.parametrize("cls,argv,message", [
+    (TrainACConfig, ["--lr", "-1"], "lr must be > 0"),
+    (TrainACConfig, ["--warmup-steps", "-2"], "warmup_steps and decay_steps must be >= 0"),
+    (plan.PlanConfig, ["--samples", "5", "--top-k", "10"], r"top_k must be in \[2, samples=5\]"),
+])
+def test_bad_flags_are_usage_errors(capsys, cls, argv, message):
+    """Rejected before any work starts, as an argparse error (exit 2) naming the field."""
+    with pytest.raises(SystemExit) as e:
+        parse_config(cls, argv, "x")
+    assert e.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
 
 
 def test_plan_end_to_end(tmp_path, data_dir):

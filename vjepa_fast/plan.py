@@ -53,6 +53,7 @@ class PlanConfig:
             raise ValueError(f"PlanConfig.dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.episodes < 1 or self.max_steps < 1:
             raise ValueError(f"PlanConfig: episodes and max_steps must be >= 1, got {self.episodes}, {self.max_steps}")
+        self.cem()  # the CEM settings' own checks, before any training or planning starts
 
     def cem(self) -> CEMConfig:
         return CEMConfig(horizon=self.horizon, samples=self.samples, top_k=self.top_k, iterations=self.iterations,

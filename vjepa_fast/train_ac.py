@@ -80,6 +80,12 @@ class TrainACConfig:
                              f"({self.clip_frames - 1})")
         if self.predictor not in AC_PRESETS:
             raise ValueError(f"TrainACConfig.predictor must be one of {sorted(AC_PRESETS)}, got {self.predictor!r}")
+        if not (self.lr > 0 and self.start_lr >= 0 and self.final_lr >= 0 and self.weight_decay >= 0):
+            raise ValueError(f"TrainACConfig: lr must be > 0 and start_lr, final_lr, weight_decay >= 0, got "
+                             f"{self.lr}, {self.start_lr}, {self.final_lr}, {self.weight_decay}")
+        if self.warmup_steps < 0 or self.decay_steps < 0:
+            raise ValueError(f"TrainACConfig: warmup_steps and decay_steps must be >= 0, got "
+                             f"{self.warmup_steps} and {self.decay_steps}")
 
 
 # ---- dataclass <-> command line (one flag per field) ------------------------------------------
@@ -98,7 +104,12 @@ def build_parser(cls, description: str) -> argparse.ArgumentParser:
 
 
 def parse_config(cls, argv: list[str] | None, description: str):
-    return cls(**vars(build_parser(cls, description).parse_args(argv)))
+    """Flags -> the dataclass; a value its checks reject is a usage error naming the field."""
+    parser = build_parser(cls, description)
+    try:
+        return cls(**vars(parser.parse_args(argv)))
+    except ValueError as e:
+        parser.error(str(e))
 
 
 # ---- data -------------------------------------------------------------------------------------
