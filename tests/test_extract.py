@@ -155,3 +155,15 @@ def test_seed_example_vitl_shape(tmp_path):
     print(f"seed example: decode + process + encode 64 x 848x480 took {time.perf_counter() - start:.1f} s")
     assert list(features["seed"].shape) == [1, 8192, 1024]
     assert torch.isfinite(features["seed"]).all()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["x.mp4", "--model", "m", "--num-frames", "-1"], "num_frames must be an int >= 1, got -1"),
+    (["/no/such/video.mp4", "--model", "m"], "no such file"),
+])
+def test_bad_input_is_one_line_error(capsys, tmp_path, argv, message):
+    """Usage errors and missing inputs end the program with a message naming the problem, no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + ["--out", str(tmp_path / "f.safetensors")])
+    text = str(exit_info.value.code) + capsys.readouterr().err
+    assert message in text and "Traceback" not in text

@@ -159,15 +159,22 @@ def parse_args(argv: list[str] | None = None) -> ExtractConfig:
     p.add_argument("--demo", action="store_true",
                    help="generate a short MP4 and a random tiny model, extract, print the shape (no downloads)")
     args = p.parse_args(argv)
-    return ExtractConfig(**vars(args))
+    try:
+        return ExtractConfig(**vars(args))
+    except ValueError as e:  # a value the config rejects is a usage error, not a crash
+        p.error(str(e))
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
-    if config.demo:
-        demo(config)
-    else:
-        extract(config)
+    try:
+        if config.demo:
+            demo(config)
+        else:
+            extract(config)
+    except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
+        # Bad inputs (a missing or undecodable video, a wrong checkpoint): one line, no traceback.
+        raise SystemExit(f"python -m vjepa_fast.extract: error: {e}") from None
 
 
 if __name__ == "__main__":
