@@ -172,3 +172,9 @@ def test_cli_flags_are_the_config_fields(capsys):
     with pytest.raises(SystemExit):
         probe.parse_args(["--clips", "0"])
     assert "clips must be a positive int" in capsys.readouterr().err
+
+
+def test_missing_data_is_one_line_error(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        probe.main(["--data", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path / "out")])
+    assert "python -m vjepa_fast.probe: error: data: expected a folder of class sub-folders" in str(exit_info.value.code)

@@ -323,3 +323,11 @@ def test_bad_cli_values_are_rejected(argv, message, capsys):
         parse_args(argv)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_missing_data_is_one_line_error(tmp_path):
+    from vjepa_fast.train import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data", str(tmp_path / "nowhere"), "--steps", "10", "--warmup-steps", "1", "--cooldown-steps", "1",
+              "--no-probe", "--no-progress", "--out", str(tmp_path / "out")])
+    assert "python -m vjepa_fast.train: error: --data:" in str(exit_info.value.code)

@@ -477,7 +477,11 @@ def parse_args(argv: list[str] | None = None) -> ProbeConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(parse_args(argv))
+    config = parse_args(argv)
+    try:
+        run(config)
+    except (FileNotFoundError, ValueError) as e:  # bad data or checkpoint: one line, no traceback
+        raise SystemExit(f"python -m vjepa_fast.probe: error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    except (FileNotFoundError, ValueError) as e:  # bad data or checkpoint: one line, no traceback
+        raise SystemExit(f"python -m vjepa_fast.train: error: {e}") from None
 
 
 if __name__ == "__main__":
