@@ -8,6 +8,10 @@ the top-left corner), velocities in pixels per frame. Physical parameters in Phy
 given as fractions of the frame size so a clip looks the same at any resolution.
 
 Ball i is always drawn in PALETTE[i], so a probe can ask about "ball 0" (red) unambiguously.
+The balls move over a static grey background with a blocky random brightness texture (a new one
+per clip): on a flat background most tokens of a clip are identical and JEPA training mostly learns
+to predict "background"; the texture is detail that a masked block cannot predict from the rest of
+the clip, so learnt features give it little weight, while a random encoder's mix it with the balls.
 Everything is deterministic under the seed (numpy's PCG64).
 """
 from __future__ import annotations
@@ -23,7 +27,7 @@ from torch.utils.data import Dataset
 # RGB in [0, 1]: red, green, blue, yellow, magenta, cyan, orange, white.
 PALETTE = np.array([[0.95, 0.2, 0.2], [0.2, 0.85, 0.3], [0.25, 0.45, 1.0], [0.95, 0.9, 0.2],
                     [0.9, 0.3, 0.9], [0.2, 0.9, 0.9], [1.0, 0.6, 0.15], [0.95, 0.95, 0.95]], dtype=np.float32)
-BACKGROUND = np.array([0.08, 0.08, 0.1], dtype=np.float32)
+BACKGROUND = np.array([0.35, 0.35, 0.38], dtype=np.float32)
 
 
 @dataclass
@@ -38,9 +42,11 @@ class PhysicsConfig:
     max_speed: float = 0.05     # initial speed per axis, U(-max, max), frame sizes per frame
     restitution: float = 1.0    # fraction of speed kept by a wall bounce (1 = elastic)
     substeps: int = 8           # integration steps per frame (collisions are resolved per step)
+    texture: float = 0.25       # background brightness noise, U(-texture, texture) per cell (0 = flat)
+    texture_cells: int = 8      # background texture cells per side
 
     def __post_init__(self):
-        for name in ("frames", "size", "min_balls", "max_balls", "substeps"):
+        for name in ("frames", "size", "min_balls", "max_balls", "substeps", "texture_cells"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"PhysicsConfig.{name} must be a positive int, got {value!r}")
@@ -50,6 +56,8 @@ class PhysicsConfig:
         if not 0 < self.min_radius <= self.max_radius < 0.25:
             raise ValueError(f"PhysicsConfig: need 0 < min_radius <= max_radius < 0.25 (fractions of the "
                              f"frame), got {self.min_radius} and {self.max_radius}")
+        if not 0 <= self.texture <= 0.35:
+            raise ValueError(f"PhysicsConfig.texture must be in [0, 0.35] (brightness), got {self.texture!r}")
         if self.gravity < 0 or self.max_speed < 0 or not 0 <= self.restitution <= 1:
             raise ValueError("PhysicsConfig: gravity and max_speed must be >= 0 and restitution in [0, 1], got "
                              f"{self.gravity}, {self.max_speed}, {self.restitution}")
@@ -123,12 +131,20 @@ def simulate(config: PhysicsConfig, rng: np.random.Generator) -> dict:
     return {"positions": positions, "velocities": velocities, "radii": radii, "collided": bool(collided)}
 
 
-def render(positions: np.ndarray, radii: np.ndarray, size: int) -> np.ndarray:
+def background(config: PhysicsConfig, rng: np.random.Generator) -> np.ndarray:
+    """(size, size, 3) float32: BACKGROUND plus a grey brightness offset drawn per texture cell."""
+    cells = rng.uniform(-config.texture, config.texture, size=(config.texture_cells, config.texture_cells))
+    rows = np.arange(config.size) * config.texture_cells // config.size  # pixel -> cell index
+    return (BACKGROUND + cells[rows][:, rows, None]).astype(np.float32)
+
+
+def render(positions: np.ndarray, radii: np.ndarray, size: int, backdrop: np.ndarray | None = None) -> np.ndarray:
     """(T, n, 2) pixel positions -> (T, size, size, 3) uint8: anti-aliased discs (one pixel of
-    soft edge) painted in index order over a dark background."""
+    soft edge) painted in index order over `backdrop` (size, size, 3), by default plain BACKGROUND."""
     T, n, _ = positions.shape
     centres = np.arange(size, dtype=np.float32) + 0.5
-    frames = np.broadcast_to(BACKGROUND, (T, size, size, 3)).copy()
+    backdrop = BACKGROUND if backdrop is None else backdrop
+    frames = np.broadcast_to(backdrop, (T, size, size, 3)).copy()
     for i in range(n):
         dx = centres[None, None, :] - positions[:, i, 0, None, None].astype(np.float32)  # (T, 1, W)
         dy = centres[None, :, None] - positions[:, i, 1, None, None].astype(np.float32)  # (T, H, 1)
@@ -143,8 +159,10 @@ def generate_clip(config: PhysicsConfig, seed: int) -> tuple[torch.Tensor, dict]
      "collided": whether two balls collided, "radii": (n,) pixels}."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"generate_clip: seed must be a non-negative int, got {seed!r}")
-    state = simulate(config, np.random.default_rng(int(seed)))
-    video = torch.from_numpy(render(state["positions"], state["radii"], config.size))
+    rng = np.random.default_rng(int(seed))
+    state = simulate(config, rng)
+    # Drawn after the simulation, so the texture setting does not change the balls' motion.
+    video = torch.from_numpy(render(state["positions"], state["radii"], config.size, background(config, rng)))
     info = {"positions": torch.from_numpy(state["positions"]).float(),
             "velocities": torch.from_numpy(state["velocities"]).float(),
             "num_balls": len(state["radii"]), "collided": state["collided"],
