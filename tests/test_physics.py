@@ -90,3 +90,32 @@ def test_mp4_round_trip(tmp_path):
 def test_bad_config_is_rejected(field, value):
     with pytest.raises(ValueError, match=field if field != "max_balls" else "max_balls"):
         PhysicsConfig(**{field: value})
+
+
+def far_from_balls(info, size):
+    """(size, size) pixels that no ball comes within 2 pixels of during the clip."""
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    far = torch.ones(size, size, dtype=torch.bool)
+    for positions in info["positions"]:
+        for (x, y), r in zip(positions, info["radii"]):
+            far &= (xs - x) ** 2 + (ys - y) ** 2 > (r + 2) ** 2
+    return far
+
+
+def test_textured_background_is_static_per_clip_and_leaves_motion_alone():
+    from vjepa_fast.physics import BACKGROUND
+    flat_config = PhysicsConfig(frames=6, size=64, texture=0.0)
+    textured_config = PhysicsConfig(frames=6, size=64, texture=0.25, texture_cells=8)
+    seed = int(torch.randint(0, 2**31, ()))
+    flat, flat_info = generate_clip(flat_config, seed)
+    textured, info = generate_clip(textured_config, seed)
+    other, other_info = generate_clip(textured_config, seed + 1)
+    assert torch.equal(info["positions"], flat_info["positions"])  # the texture is drawn after the simulation
+    far = far_from_balls(info, 64)
+    assert far.sum() > 500
+    assert (textured[:, far] == textured[:1, far]).all()  # static over time
+    expected_flat = torch.from_numpy((BACKGROUND * 255 + 0.5).astype(np.uint8))
+    assert (flat[:, far].int() - expected_flat.int()).abs().max() <= 1
+    assert textured[0, far].float().std() > 5  # brightness cells of up to +-0.25 * 255
+    both = far & far_from_balls(other_info, 64)
+    assert not torch.equal(textured[0, both], other[0, both])  # a new texture per clip
