@@ -33,7 +33,7 @@ class PlanConfig:
     checkpoint: str = field(default="", metadata={"help": "trained predictor (ac_predictor.pt from train_ac); empty: "
                                                           "CACHE_DIR/ac_predictor.pt, trained first if missing"})
     cache_dir: str = field(default="outputs/ac", metadata={"help": "where the default predictor is trained and kept"})
-    train_steps: int = field(default=600, metadata={"help": "optimizer steps when a predictor has to be trained"})
+    train_steps: int = field(default=1200, metadata={"help": "optimizer steps when a predictor has to be trained"})
     out_dir: str = field(default="outputs/plan", metadata={"help": "results.json, trajectory.png and energy.png go here"})
     episodes: int = field(default=20, metadata={"help": "episodes for the planner and for the random baseline each"})
     seed: int = field(default=1000, metadata={"help": "episode i uses env.reset(seed + i); planning noise is seeded too"})
