@@ -2,6 +2,7 @@
 memory of one call, and a ratio table printed at the end of the module."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -17,6 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def autocast(dev: str, dtype: torch.dtype | None):
+    """Autocast to dtype on dev, or nothing for None (plain fp32)."""
+    return torch.autocast(dev, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def sync(dev: str) -> None:

@@ -6,12 +6,11 @@ CUDA (fp32 and bf16 autocast): the full 24-layer ViT-L at 16 frames x 256 px (20
 shape of the released SSv2 probe (174 labels). bf16 is skipped without a GPU.
 Run: pytest benchmarks/test_bench_classifier.py --benchmark-only
 """
-import contextlib
 
 import pytest
 import torch
 
-from model_bench import RatioTable, device, peak_memory_mib, sync
+from model_bench import RatioTable, autocast, device, peak_memory_mib, sync
 
 DEV = device()
 DEPTH, FRAMES, SIZE = (24, 16, 256) if DEV == "cuda" else (2, 16, 128)
@@ -36,10 +35,6 @@ def models(tmp_path_factory, request):
     TABLE.report(request.config)
 
 
-def autocast(dtype):
-    return torch.autocast(DEV, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
 @pytest.mark.parametrize("provider", ["transformers", "vjepa_fast"])
 def test_classifier_forward(benchmark, models, provider, precision):
@@ -50,7 +45,7 @@ def test_classifier_forward(benchmark, models, provider, precision):
     labels = torch.randint(0, LABELS, (2,), device=DEV)
 
     def run():
-        with torch.no_grad(), autocast(PRECISIONS[precision]):
+        with torch.no_grad(), autocast(DEV, PRECISIONS[precision]):
             out = model(video, labels=labels)
         sync(DEV)
         return out

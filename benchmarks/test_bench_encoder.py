@@ -2,12 +2,11 @@
 
 CPU: ViT-L layout (width 1024, 16 heads) at depth 2, 16 frames x 256 px (2048 tokens).
 CUDA: the full 24-layer ViT-L at 64 frames x 256 px (8192 tokens)."""
-import contextlib
 
 import pytest
 import torch
 
-from model_bench import RatioTable, device, peak_memory_mib, sync
+from model_bench import RatioTable, autocast, device, peak_memory_mib, sync
 
 DEV = device()
 DEPTH, FRAMES = (24, 64) if DEV == "cuda" else (2, 16)
@@ -27,10 +26,6 @@ def models(tmp_path_factory, request):
     TABLE.report(request.config)
 
 
-def autocast(dtype):
-    return torch.autocast(DEV, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
 @pytest.mark.parametrize("provider", ["transformers", "vjepa_fast"])
 def test_encoder_forward(benchmark, models, provider, precision):
@@ -38,7 +33,7 @@ def test_encoder_forward(benchmark, models, provider, precision):
     video = torch.randn(1, FRAMES, 3, 256, 256, device=DEV)
 
     def run():
-        with torch.no_grad(), autocast(PRECISIONS[precision]):
+        with torch.no_grad(), autocast(DEV, PRECISIONS[precision]):
             out = model.get_vision_features(video)
         sync(DEV)
         return out

@@ -2,12 +2,11 @@
 
 Realistic pre-training masks at 16 frames x 256 px: ~500 context and ~1000 target tokens per
 sample, batch 2, through the 384-wide predictor (depth 4 on CPU, the released 12 on CUDA)."""
-import contextlib
 
 import pytest
 import torch
 
-from model_bench import RatioTable, device, peak_memory_mib, sync
+from model_bench import RatioTable, autocast, device, peak_memory_mib, sync
 
 DEV = device()
 PRED_DEPTH = 12 if DEV == "cuda" else 4
@@ -28,10 +27,6 @@ def models(tmp_path_factory, request):
     TABLE.report(request.config)
 
 
-def autocast(dtype):
-    return torch.autocast(DEV, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
 @pytest.mark.parametrize("provider", ["transformers", "vjepa_fast"])
 def test_predictor_forward(benchmark, models, provider, precision):
@@ -50,7 +45,7 @@ def test_predictor_forward(benchmark, models, provider, precision):
         assert context.shape == (B, N_CTX, 1024)
 
     def run():
-        with torch.no_grad(), autocast(PRECISIONS[precision]):
+        with torch.no_grad(), autocast(DEV, PRECISIONS[precision]):
             out = call()
         sync(DEV)
         return out

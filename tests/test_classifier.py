@@ -18,13 +18,7 @@ SHAPES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread avoids OpenMP hand-offs that dominate on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hf_classifier(shape: str, num_labels: int, problem_type=None):

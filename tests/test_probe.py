@@ -16,13 +16,7 @@ SMALL = dict(physics_train=64, physics_test=32, physics_frames=4, frames=2, epoc
              feature_dtype="float32", save_classifier=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP hand-offs that dominate on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_probe_learns_the_physics_task_and_its_classifier_runs_in_transformers(tmp_path):
