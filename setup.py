@@ -11,7 +11,7 @@ import sys
 
 from setuptools import setup
 
-PACKAGES = ["vjepa_fast", "vjepa_fast.ops", "vjepa_fast.kernels"]
+PACKAGES = ["vjepa_fast", "vjepa_fast.ops", "vjepa_fast.kernels", "vjepa_fast.worlds", "vjepa_fast.jobs"]
 PACKAGE_DIR = {"vjepa_fast.kernels": "kernels"}
 
 

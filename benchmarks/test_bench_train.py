@@ -22,8 +22,8 @@ SHAPE = (dict(model="vitl", frames=16, crop_size=256, batch_size=4, dtype="bfloa
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, request):
     from test_train import hf_copy
-    from vjepa_fast.train_config import TrainConfig
-    from vjepa_fast.trainer import Trainer
+    from vjepa_fast.jobs.train_config import TrainConfig
+    from vjepa_fast.jobs.trainer import Trainer
     out = tmp_path_factory.mktemp("bench_train")
     threads = torch.get_num_threads()
     trainer = Trainer(TrainConfig(**SHAPE, steps=1000, warmup_steps=0, cooldown_steps=0, out=str(out),

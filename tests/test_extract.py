@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from vjepa_fast.config import VJEPA2Config
-from vjepa_fast.extract import ExtractConfig, extract, feature_keys, main, write_demo_video
+from vjepa_fast.jobs.extract import ExtractConfig, extract, feature_keys, main, write_demo_video
 from vjepa_fast.model import VJEPA2Model
 from vjepa_fast.video import ClipSampling, ProcessorConfig, VideoProcessor, load_clip
 

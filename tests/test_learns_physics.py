@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from vjepa_fast.train import ridge_r2, run
-from vjepa_fast.train_config import TrainConfig
+from vjepa_fast.jobs.train import ridge_r2, run
+from vjepa_fast.jobs.train_config import TrainConfig
 
 MARGIN = 0.1  # test R^2, trained minus random
 STEPS = 600

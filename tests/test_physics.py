@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from vjepa_fast.physics import PALETTE, PhysicsClips, PhysicsConfig, generate_clip, write_mp4
+from vjepa_fast.worlds.physics import PALETTE, PhysicsClips, PhysicsConfig, generate_clip, write_mp4
 
 
 @pytest.mark.parametrize("frames,size,balls", [(16, 64, (1, 3)), (5, 37, (4, 4)), (1, 16, (1, 1))])
@@ -103,7 +103,7 @@ def far_from_balls(info, size):
 
 
 def test_textured_background_is_static_per_clip_and_leaves_motion_alone():
-    from vjepa_fast.physics import BACKGROUND
+    from vjepa_fast.worlds.physics import BACKGROUND
     flat_config = PhysicsConfig(frames=6, size=64, texture=0.0)
     textured_config = PhysicsConfig(frames=6, size=64, texture=0.25, texture_cells=8)
     seed = int(torch.randint(0, 2**31, ()))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from vjepa_fast.ac_model import ACConfig, ACPredictor
 from vjepa_fast.planner import (CEMConfig, CEMPlanner, advance_pose_ref, advance_poses, draw_noise,
                                 euler_to_matrix, matrix_to_euler, mpc_episode, plan_reference)
-from vjepa_fast.sim import SimConfig, TabletopEnv
+from vjepa_fast.worlds.sim import SimConfig, TabletopEnv
 
 
 def random_poses(n, generator=None):

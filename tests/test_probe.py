@@ -6,10 +6,10 @@ import shutil
 import pytest
 import torch
 
-from vjepa_fast import probe
+from vjepa_fast.jobs import probe
 from vjepa_fast import VJEPA2ClassifierConfig, VJEPA2Config, VJEPA2ForVideoClassification
-from vjepa_fast.physics import PhysicsConfig, generate_clip, write_mp4
-from vjepa_fast.probe import ProbeConfig, run, spatial_views, window_indices
+from vjepa_fast.worlds.physics import PhysicsConfig, generate_clip, write_mp4
+from vjepa_fast.jobs.probe import ProbeConfig, run, spatial_views, window_indices
 
 # The embedded physics task at reduced size: 4-frame videos, two 2-frame clips each (16 tokens a clip).
 SMALL = dict(physics_train=64, physics_test=32, physics_frames=4, frames=2, epochs=6, batch_size=8, lr=2e-3,

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from vjepa_fast.sim import GymAdapter, SimConfig, TabletopEnv
-from vjepa_fast.trajectories import generate_trajectories, list_trajectories, load_trajectory, write_trajectory
+from vjepa_fast.worlds.sim import GymAdapter, SimConfig, TabletopEnv
+from vjepa_fast.worlds.trajectories import generate_trajectories, list_trajectories, load_trajectory, write_trajectory
 
 
 def rollout(env, seed, actions):

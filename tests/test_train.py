@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vjepa_fast.data import Augment, VideoClips, list_videos
+from vjepa_fast.jobs.train_data import Augment, VideoClips, list_videos
 from vjepa_fast.masks import mix_seed
-from vjepa_fast.physics import PhysicsConfig, generate_clip, write_mp4
-from vjepa_fast.train_config import TrainConfig, build_parser, parse_args
-from vjepa_fast.trainer import Trainer, TrainingDiverged, ema_update, lr_at, param_groups
+from vjepa_fast.worlds.physics import PhysicsConfig, generate_clip, write_mp4
+from vjepa_fast.jobs.train_config import TrainConfig, build_parser, parse_args
+from vjepa_fast.jobs.trainer import Trainer, TrainingDiverged, ema_update, lr_at, param_groups
 
 transformers = pytest.importorskip("transformers")
 
@@ -326,7 +326,7 @@ def test_bad_cli_values_are_rejected(argv, message, capsys):
 
 
 def test_missing_data_is_one_line_error(tmp_path):
-    from vjepa_fast.train import main
+    from vjepa_fast.jobs.train import main
     with pytest.raises(SystemExit) as exit_info:
         main(["--data", str(tmp_path / "nowhere"), "--steps", "10", "--warmup-steps", "1", "--cooldown-steps", "1",
               "--no-probe", "--no-progress", "--out", str(tmp_path / "out")])

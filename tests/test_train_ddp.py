@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from vjepa_fast.train_config import TrainConfig
+from vjepa_fast.jobs.train_config import TrainConfig
 
 
 def _free_port() -> int:
@@ -24,7 +24,7 @@ def _config(out: str, fsdp: bool) -> TrainConfig:
 def _worker(rank: int, port: int, out: str, fsdp: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2")
-    from vjepa_fast.trainer import Trainer
+    from vjepa_fast.jobs.trainer import Trainer
     trainer = Trainer(_config(out, fsdp))
     initial = [p.clone() for p in trainer._full_state()[0].values()]
     losses = trainer.run()

@@ -7,14 +7,13 @@ query/key/value (HF) and stacking mask tokens.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from vjepa_fast.config import VJEPA2Config
+from vjepa_fast.files import atomic_write
 
 # Block sub-module names: ours -> HF -> Meta.
 _HF_BLOCK = {"norm1": "norm1", "proj": "attention.proj", "norm2": "norm2", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
@@ -181,22 +180,6 @@ def load_pretrained(cls, path_or_hub_id: str, rope_grid: str | None = None):
     model = model.to_empty(device="cpu")
     load_state_strict(model, hf_to_ours(model, state, str(directory)), str(directory))
     return model
-
-
-def atomic_write(path: Path, write) -> None:
-    """write(tmp_path) then rename over path, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def save_pretrained(model, directory: str) -> None:

@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vjepa_fast.checkpoints import CLASSIFIER_BACKBONE, CheckpointError, atomic_write, hf_to_ours, \
+from vjepa_fast.checkpoints import CLASSIFIER_BACKBONE, CheckpointError, hf_to_ours, \
     load_state_strict, ours_to_hf, read_pretrained
 from vjepa_fast.config import VJEPA2Config
+from vjepa_fast.files import atomic_write
 from vjepa_fast.model import VJEPA2Model, init_weights
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")

@@ -26,10 +26,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vjepa_fast.checkpoints import atomic_write, meta_to_ours, ours_to_meta, strip_meta_prefix
-from vjepa_fast.data import Collate, PhysicsTrainClips, StreamBatches, VideoClips, Augment, list_videos, make_loader
+from vjepa_fast.checkpoints import meta_to_ours, ours_to_meta, strip_meta_prefix
+from vjepa_fast.files import atomic_write
+from vjepa_fast.jobs.train_data import Collate, PhysicsTrainClips, StreamBatches, VideoClips, Augment, list_videos, make_loader
 from vjepa_fast.model import Encoder, Predictor, VJEPA2Model, gather_tokens
-from vjepa_fast.train_config import TrainConfig
+from vjepa_fast.jobs.train_config import TrainConfig
 
 
 class TrainingDiverged(RuntimeError):

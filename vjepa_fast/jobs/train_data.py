@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from vjepa_fast.masks import MaskConfig, mix_seed, sample_masks
-from vjepa_fast.physics import PhysicsClips, PhysicsConfig
+from vjepa_fast.worlds.physics import PhysicsClips, PhysicsConfig
 from vjepa_fast.video import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)

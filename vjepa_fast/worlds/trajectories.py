@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from vjepa_fast.checkpoints import atomic_write
-from vjepa_fast.sim import SimConfig, TabletopEnv
+from vjepa_fast.files import atomic_write
+from vjepa_fast.worlds.sim import SimConfig, TabletopEnv
 
 
 @dataclass

@@ -1,0 +1,294 @@
+"""Post-training V-JEPA 2-AC: an action-conditioned predictor on top of a frozen encoder.
+
+    python -m vjepa_fast.train_ac                  # sim trajectories, tiny encoder, CPU, a few minutes
+    python -m vjepa_fast.train_ac --data-dir my_trajectories --encoder path/to/encoder --predictor ac-vitg
+
+Meta's recipe (app/vjepa_droid/train.py): every frame encoded alone as a 2-frame tubelet by the
+frozen encoder, features layer-normed; a clip of F frames gives h (B, F*P, D). The loss is
+  teacher forcing: mean |LN(pred(h[:F-1], a, s[:F-1])) - h[1:]|
+  + rollout:       the first prediction fed back as input, rollout_steps predictions in all,
+                   mean |rollout - h[1 : rollout_steps + 1]|.
+AdamW with linear warm-up, constant, then linear decay of the learning rate.
+
+The frozen features are computed once (and cached on disk with --cache-features): the encoder
+never sees a gradient, so re-encoding every epoch is wasted work. Checkpoints are written
+atomically every --checkpoint-every steps and hold the optimizer and sampling RNG, so an
+interrupted run resumed with the same flags reproduces the uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from vjepa_fast.ac_model import AC_PRESETS, ACConfig, ACPredictor, encode_frames
+from vjepa_fast.files import atomic_write
+from vjepa_fast.config import PRESETS, VJEPA2Config
+from vjepa_fast.model import VJEPA2Model
+from vjepa_fast.worlds.sim import SimConfig
+from vjepa_fast.worlds.trajectories import generate_trajectories, list_trajectories, load_trajectory
+
+
+@dataclass
+class TrainACConfig:
+    out_dir: str = field(default="outputs/ac", metadata={"help": "checkpoints, CSV log, encoder and feature cache go here"})
+    data_dir: str = field(default="", metadata={"help": "trajectory directory (mp4 + npz pairs, see vjepa_fast.worlds.trajectories); "
+                                                        "empty: generate sim trajectories into OUT_DIR/trajectories"})
+    trajectories: int = field(default=300, metadata={"help": "number of sim trajectories to generate (without --data-dir)"})
+    frames: int = field(default=8, metadata={"help": "frames per generated sim trajectory"})
+    sim_task: str = field(default="reach", metadata={"help": "sim task the trajectories come from: reach or push"})
+    encoder: str = field(default="", metadata={"help": "frozen encoder: a checkpoint directory (transformers format) or "
+                                                       "hub id; empty: a random-init ENCODER_PRESET model saved to OUT_DIR/encoder"})
+    encoder_preset: str = field(default="tiny", metadata={"help": f"encoder preset when --encoder is empty: {sorted(PRESETS)}"})
+    predictor: str = field(default="ac-tiny", metadata={"help": f"AC predictor preset: {sorted(AC_PRESETS)}; enc_dim and "
+                                                                 "grid are taken from the encoder"})
+    cache_features: bool = field(default=True, metadata={"help": "cache the frozen features in OUT_DIR/features.pt"})
+    clip_frames: int = field(default=4, metadata={"help": "frames per training clip (windows cut from longer trajectories)"})
+    rollout_steps: int = field(default=2, metadata={"help": "predictions in the rollout loss (Meta's auto_steps)"})
+    batch_size: int = field(default=16, metadata={"help": "clips per step"})
+    steps: int = field(default=600, metadata={"help": "optimizer steps"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    start_lr: float = field(default=1e-4, metadata={"help": "learning rate at step 0 (linear warm-up to LR)"})
+    final_lr: float = field(default=1e-5, metadata={"help": "learning rate at the last step (linear decay from LR)"})
+    warmup_steps: int = field(default=50, metadata={"help": "warm-up steps"})
+    decay_steps: int = field(default=200, metadata={"help": "decay steps at the end of training"})
+    weight_decay: float = field(default=0.04, metadata={"help": "AdamW weight decay (biases and norms excluded)"})
+    seed: int = field(default=0, metadata={"help": "seed for data, initialisation and batch sampling"})
+    checkpoint_every: int = field(default=200, metadata={"help": "write OUT_DIR/checkpoint.pt every this many steps"})
+    resume: bool = field(default=True, metadata={"help": "resume from OUT_DIR/checkpoint.pt when it exists"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute block activations in the "
+                                                                          "backward pass (less memory, for ac-vitg)"})
+    device: str = field(default="cpu", metadata={"help": "torch device"})
+
+    def __post_init__(self):
+        for name in ("trajectories", "frames", "batch_size", "steps", "checkpoint_every", "rollout_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainACConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.clip_frames < 2:
+            raise ValueError(f"TrainACConfig.clip_frames must be >= 2 (one action), got {self.clip_frames}")
+        if self.rollout_steps > self.clip_frames - 1:
+            raise ValueError(f"TrainACConfig.rollout_steps ({self.rollout_steps}) must be <= clip_frames - 1 "
+                             f"({self.clip_frames - 1})")
+        if self.predictor not in AC_PRESETS:
+            raise ValueError(f"TrainACConfig.predictor must be one of {sorted(AC_PRESETS)}, got {self.predictor!r}")
+        if not (self.lr > 0 and self.start_lr >= 0 and self.final_lr >= 0 and self.weight_decay >= 0):
+            raise ValueError(f"TrainACConfig: lr must be > 0 and start_lr, final_lr, weight_decay >= 0, got "
+                             f"{self.lr}, {self.start_lr}, {self.final_lr}, {self.weight_decay}")
+        if self.warmup_steps < 0 or self.decay_steps < 0:
+            raise ValueError(f"TrainACConfig: warmup_steps and decay_steps must be >= 0, got "
+                             f"{self.warmup_steps} and {self.decay_steps}")
+
+
+# ---- dataclass <-> command line (one flag per field) ------------------------------------------
+
+def build_parser(cls, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    types = {"int": int, "float": float, "str": str}
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
+        else:
+            kind = types[f.type.replace(" | None", "")]
+            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+    return parser
+
+
+def parse_config(cls, argv: list[str] | None, description: str):
+    """Flags -> the dataclass; a value its checks reject is a usage error naming the field."""
+    parser = build_parser(cls, description)
+    try:
+        return cls(**vars(parser.parse_args(argv)))
+    except ValueError as e:
+        parser.error(str(e))
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+def load_encoder(config: TrainACConfig) -> tuple[VJEPA2Model, str]:
+    """The frozen encoder and the path it can be reloaded from (a random-init one is saved once)."""
+    if config.encoder:
+        return VJEPA2Model.from_pretrained(config.encoder).eval(), config.encoder
+    path = Path(config.out_dir) / "encoder"
+    if (path / "config.json").exists():
+        return VJEPA2Model.from_pretrained(str(path)).eval(), str(path)
+    torch.manual_seed(config.seed)
+    model = VJEPA2Model(VJEPA2Config.from_name(config.encoder_preset)).eval()
+    model.save_pretrained(str(path))
+    return model, str(path)
+
+
+def load_features(config: TrainACConfig, encoder: VJEPA2Model, encoder_path: str) -> dict[str, Tensor]:
+    """{"features": (M, T, P, D), "states": (M, T, 7), "actions": (M, T-1, 7)} for M trajectories of
+    T frames (all trajectories must have the same length). Cached on disk when asked, keyed on
+    the encoder and data directory so a stale cache is never used."""
+    out = Path(config.out_dir)
+    data_dir = Path(config.data_dir) if config.data_dir else out / "trajectories"
+    cache = out / "features.pt"
+    source = f"{Path(encoder_path).resolve()}|{data_dir.resolve()}"
+    if config.cache_features and cache.exists():
+        cached = torch.load(cache, map_location="cpu", weights_only=True)
+        if cached["source"] == source:
+            return {k: v for k, v in cached.items() if k != "source"}
+    stems = list_trajectories(data_dir)
+    if not stems and not config.data_dir:
+        sim = SimConfig(task=config.sim_task, image_size=encoder.config.crop_size)
+        stems = generate_trajectories(data_dir, config.trajectories, config.frames, config.seed, sim)
+    if not stems:
+        raise FileNotFoundError(f"{data_dir}: no trajectories (pairs of .mp4 and .npz files)")
+    feats, states, actions = [], [], []
+    for stem in tqdm(stems, desc="encoding frames", leave=False):
+        traj = load_trajectory(stem)
+        feats.append(encode_frames(encoder.encoder, traj.frames))
+        states.append(traj.states)
+        actions.append(traj.actions)
+    lengths = {len(s) for s in states}
+    if len(lengths) != 1:
+        raise ValueError(f"{data_dir}: trajectories must all have the same number of frames, got {sorted(lengths)}")
+    data = {"features": torch.stack(feats), "states": torch.stack(states), "actions": torch.stack(actions)}
+    if config.cache_features:
+        atomic_write(cache, lambda p: torch.save({**data, "source": source}, p))
+    return data
+
+
+def sample_batch(data: dict[str, Tensor], config: TrainACConfig, generator: torch.Generator):
+    """B random windows of clip_frames frames: features (B, F*P, D), actions (B, F-1, 7), states (B, F, 7)."""
+    M, T = data["features"].shape[:2]
+    Fc = config.clip_frames
+    if Fc > T:
+        raise ValueError(f"clip_frames ({Fc}) is longer than the trajectories ({T} frames)")
+    idx = torch.randint(M, (config.batch_size,), generator=generator)
+    start = torch.randint(T - Fc + 1, (config.batch_size,), generator=generator)
+    window = start[:, None] + torch.arange(Fc)  # (B, F)
+    feats = data["features"][idx[:, None], window]  # (B, F, P, D)
+    states = data["states"][idx[:, None], window]
+    actions = data["actions"][idx[:, None], window[:, :-1]]
+    return feats.flatten(1, 2), actions, states
+
+
+# ---- loss and schedule --------------------------------------------------------------------------
+
+def ac_losses(model: ACPredictor, h: Tensor, actions: Tensor, states: Tensor, rollout_steps: int) -> tuple[Tensor, Tensor]:
+    """Meta's teacher-forcing and rollout L1 losses. h (B, F*P, D) layer-normed features of F
+    frames, actions (B, F-1, A), states (B, F, S)."""
+    P = model.config.tokens_per_frame
+
+    def predict(z, a, s):
+        out = model(z, a, s)
+        return F.layer_norm(out, (out.shape[-1],))
+
+    z_tf = predict(h[:, :-P], actions, states[:, :-1])  # (B, (F-1)*P, D): frames 1..F-1
+    z = torch.cat((h[:, :P], z_tf[:, :P]), dim=1)  # context frame + first prediction
+    for n in range(1, rollout_steps):
+        nxt = predict(z, actions[:, :n + 1], states[:, :n + 1])[:, -P:]
+        z = torch.cat((z, nxt), dim=1)
+    z_ar = z[:, P:]
+    tf_loss = (z_tf - h[:, P:]).abs().mean()
+    rollout_loss = (z_ar - h[:, P:P + z_ar.shape[1]]).abs().mean()
+    return tf_loss, rollout_loss
+
+
+def learning_rate(step: int, c: TrainACConfig) -> float:
+    """Linear warm-up start_lr -> lr, constant, linear decay lr -> final_lr over the last decay_steps."""
+    if step < c.warmup_steps:
+        return c.start_lr + (c.lr - c.start_lr) * step / c.warmup_steps
+    decay_start = c.steps - c.decay_steps
+    if step >= decay_start and c.decay_steps > 0:
+        return c.lr + (c.final_lr - c.lr) * (step - decay_start) / c.decay_steps
+    return c.lr
+
+
+def make_optimizer(model: ACPredictor, c: TrainACConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=c.start_lr, betas=(0.9, 0.999))
+
+
+def predictor_config(c: TrainACConfig, encoder: VJEPA2Model) -> ACConfig:
+    e = encoder.config
+    return ACConfig(**{**AC_PRESETS[c.predictor], "enc_dim": e.hidden_size, "grid_h": e.grid_size, "grid_w": e.grid_size,
+                       "rope_mode": e.rope_mode})
+
+
+def save_final(path: Path, model: ACPredictor, encoder_path: str) -> None:
+    """The trained predictor in Meta's key layout, with its config and the encoder it was trained on."""
+    payload = {"predictor": model.meta_state_dict(), "ac_config": dataclasses.asdict(model.config),
+               "encoder": encoder_path}
+    atomic_write(path, lambda p: torch.save(payload, p))
+
+
+# ---- training -----------------------------------------------------------------------------------
+
+def train(config: TrainACConfig) -> Path:
+    """Trains and returns the path of the final predictor file OUT_DIR/ac_predictor.pt."""
+    c = config
+    out = Path(c.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(c.device)
+    encoder, encoder_path = load_encoder(c)
+    data = load_features(c, encoder, encoder_path)
+    data = {k: v.to(device) for k, v in data.items()}
+    ac_config = predictor_config(c, encoder)
+    del encoder
+    torch.manual_seed(c.seed)
+    model = ACPredictor(ac_config).to(device)
+    model.gradient_checkpointing = c.gradient_checkpointing
+    optimizer = make_optimizer(model, c)
+    generator = torch.Generator().manual_seed(c.seed)
+    step = 0
+    ckpt_path, log_path = out / "checkpoint.pt", out / "log.csv"
+    if c.resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"], strict=True)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        generator.set_state(ckpt["generator"])
+        step = int(ckpt["step"])
+        # Rows logged after that checkpoint are re-done: drop them so every step appears once.
+        rows = log_path.read_text().splitlines()
+        log_path.write_text("\n".join(r for r in rows if not r[0].isdigit() or int(r.split(",")[0]) <= step) + "\n")
+    if step == 0:
+        log_path.write_text("step,loss,teacher_forcing,rollout,lr,seconds\n")
+        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(c), indent=2))
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(range(step, c.steps), initial=step, total=c.steps, desc="train_ac")
+    for step in bar:
+        lr = learning_rate(step, c)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        h, actions, states = sample_batch(data, c, generator)
+        tf_loss, rollout_loss = ac_losses(model, h, actions, states, c.rollout_steps)
+        loss = tf_loss + rollout_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        with open(log_path, "a", newline="") as f:
+            csv.writer(f).writerow([step + 1, f"{loss.item():.6f}", f"{tf_loss.item():.6f}",
+                                    f"{rollout_loss.item():.6f}", f"{lr:.3e}", f"{time.perf_counter() - start:.2f}"])
+        if (step + 1) % c.checkpoint_every == 0 or step + 1 == c.steps:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "generator": generator.get_state(), "step": step + 1}
+            atomic_write(ckpt_path, lambda p: torch.save(state, p))
+    final = out / "ac_predictor.pt"
+    save_final(final, model.eval(), encoder_path)
+    return final
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_config(TrainACConfig, argv, "Post-train a V-JEPA 2-AC predictor on a frozen encoder.")
+    print(f"wrote {train(config)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Generated worlds: physics clips (pre-training data), the tabletop sim and robot trajectories."""
