@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vjepa_fast.ac_model import ACCache, ACConfig, ACPredictor
+from vjepa_fast.checkpoints import CheckpointError
 
 
 # ---- a plain reference, written the way Meta's VisionTransformerPredictorAC computes ------------
@@ -190,10 +191,10 @@ def test_meta_checkpoint_strict(tmp_path):
     state = {"module." + k: v for k, v in ref.state_dict().items()}
     path = tmp_path / "ac.pt"
     torch.save({"predictor": {k: v for k, v in state.items() if "blocks.1.mlp.fc2.bias" not in k}}, path)
-    with pytest.raises(KeyError, match="missing keys.*predictor_blocks.1.mlp.fc2.bias"):
+    with pytest.raises(CheckpointError, match="missing keys.*predictor_blocks.1.mlp.fc2.bias"):
         ACPredictor.from_meta_checkpoint(path, c)
     torch.save({"predictor": dict(state, **{"module.mask_tokens.0": torch.zeros(3)})}, path)
-    with pytest.raises(KeyError, match="unexpected keys.*mask_tokens.0"):
+    with pytest.raises(CheckpointError, match="unexpected keys.*mask_tokens.0"):
         ACPredictor.from_meta_checkpoint(path, c)
     torch.save({"predictor": state}, path)
     with pytest.raises(ValueError, match="predictor_embed.weight has shape"):

@@ -110,7 +110,7 @@ def hf_config_shaped(shape):
 
 def test_meta_checkpoint_gives_identical_outputs(pair, tmp_path):
     _, ours = pair
-    encoder, predictor = ours_to_meta(ours)
+    encoder, predictor = ours_to_meta(ours.state_dict())
     target_encoder = {k: v + 1.0 for k, v in encoder.items()}
     path = tmp_path / "meta.pt"
     torch.save({"encoder": encoder, "predictor": predictor, "target_encoder": target_encoder, "epoch": 3}, path)

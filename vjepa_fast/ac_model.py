@@ -208,64 +208,14 @@ class ACPredictor(nn.Module):
 
     @classmethod
     def from_meta_checkpoint(cls, path: str | Path, config: ACConfig | None = None) -> "ACPredictor":
-        """Loads the `predictor` entry of Meta's vjepa2-ac checkpoint (torch.load weights_only=True).
-        Strict: every key must map onto this model, except `extrinsics_encoder.*`, a layer Meta
-        always builds but only uses with use_extrinsics=True (never in the released model)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such checkpoint file")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if "predictor" not in ckpt:
-            raise KeyError(f"{path}: no 'predictor' entry (found {sorted(ckpt)})")
-        state = {k.removeprefix("module."): v for k, v in ckpt["predictor"].items()}
-        if config is None:
-            config = infer_ac_config(state)
-        model = cls(config)
-        model.load_state_dict(meta_to_ours(model, state, str(path)), strict=True)
-        return model
+        """Loads the `predictor` entry of Meta's vjepa2-ac checkpoint (see checkpoints.load_ac_meta_checkpoint)."""
+        from vjepa_fast.checkpoints import load_ac_meta_checkpoint
+        return load_ac_meta_checkpoint(cls, path, config)
 
     def meta_state_dict(self) -> dict[str, Tensor]:
         """This model's weights under Meta's key names (with the `module.` prefix)."""
-        return {"module." + meta_key(k): v.detach().clone() for k, v in self.state_dict().items()}
-
-
-_META_BLOCK = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2", "norm1": "norm1", "norm2": "norm2"}
-
-
-def meta_key(key: str) -> str:
-    """ours -> Meta: only the block sub-modules differ ('predictor_blocks.3.qkv.weight' -> '...attn.qkv.weight')."""
-    parts = key.split(".")
-    if parts[0] == "predictor_blocks":
-        parts[2] = _META_BLOCK[parts[2]]
-    return ".".join(parts)
-
-
-def meta_to_ours(model: ACPredictor, state: dict[str, Tensor], what: str) -> dict[str, Tensor]:
-    names = {meta_key(k): k for k in model.state_dict()}
-    ignored = {k for k in state if k.startswith("extrinsics_encoder.")}
-    missing = sorted(names.keys() - state.keys())
-    unexpected = sorted(state.keys() - names.keys() - ignored)
-    if missing or unexpected:
-        raise KeyError(f"{what}: the AC predictor checkpoint does not match the model: missing keys {missing[:20]}; "
-                       f"unexpected keys {unexpected[:20]}")
-    expected = model.state_dict()
-    out = {}
-    for meta, ours in names.items():
-        if state[meta].shape != expected[ours].shape:
-            raise ValueError(f"{what}: {meta} has shape {tuple(state[meta].shape)}, the model expects "
-                             f"{tuple(expected[ours].shape)} (pass a matching ACConfig)")
-        out[ours] = state[meta]
-    return out
-
-
-def infer_ac_config(state: dict[str, Tensor]) -> ACConfig:
-    """A config from the shapes of a Meta AC checkpoint. Heads are not recoverable from shapes:
-    head dim 64, as in the released model; the grid is the released 16 x 16 (256 px / 16)."""
-    hidden, enc_dim = state["predictor_embed.weight"].shape
-    depth = len({k.split(".")[1] for k in state if k.startswith("predictor_blocks.")})
-    return ACConfig(enc_dim=enc_dim, hidden_size=hidden, depth=depth, num_heads=max(1, hidden // 64),
-                    mlp_ratio=state["predictor_blocks.0.mlp.fc1.weight"].shape[0] / hidden,
-                    action_dim=state["action_encoder.weight"].shape[1], state_dim=state["state_encoder.weight"].shape[1])
+        from vjepa_fast.checkpoints import ac_to_meta
+        return ac_to_meta(self.state_dict())
 
 
 @torch.no_grad()

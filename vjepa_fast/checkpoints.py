@@ -166,6 +166,14 @@ def read_pretrained(path_or_hub_id: str, config_cls, rope_grid: str | None):
     return directory, config, read_safetensors_dir(directory)
 
 
+def empty_model(cls, config):
+    """cls(config) with uninitialised CPU weights (built on the meta device: no time spent on an
+    initialisation that the checkpoint overwrites)."""
+    with torch.device("meta"):
+        model = cls(config)
+    return model.to_empty(device="cpu")
+
+
 def load_pretrained(cls, path_or_hub_id: str, rope_grid: str | None = None):
     directory, config, state = read_pretrained(path_or_hub_id, VJEPA2Config, rope_grid)
     if any(k.startswith(CLASSIFIER_BACKBONE) for k in state):
@@ -175,22 +183,59 @@ def load_pretrained(cls, path_or_hub_id: str, rope_grid: str | None = None):
         if extra:
             raise CheckpointError(f"{directory}: unexpected keys beside a classifier's backbone {extra[:20]}")
         state = {k[len(CLASSIFIER_BACKBONE):]: v for k, v in state.items() if k.startswith(CLASSIFIER_BACKBONE)}
-    with torch.device("meta"):
-        model = cls(config)
-    model = model.to_empty(device="cpu")
+    model = empty_model(cls, config)
     load_state_strict(model, hf_to_ours(model, state, str(directory)), str(directory))
     return model
 
 
-def save_pretrained(model, directory: str) -> None:
-    """config.json + model.safetensors that transformers' VJEPA2Model.from_pretrained reads."""
+def write_pretrained(directory: str | Path, hf_state: dict[str, Tensor], config: dict) -> None:
+    """config.json + model.safetensors (written atomically) of a transformers checkpoint."""
     from safetensors.torch import save_file
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in ours_to_hf(model).items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in hf_state.items()}
     atomic_write(directory / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
-    text = json.dumps(model.config.to_hf_dict(), indent=2)
+    text = json.dumps(config, indent=2)
     atomic_write(directory / "config.json", lambda p: Path(p).write_text(text))
+
+
+def save_pretrained(model, directory: str) -> None:
+    """What transformers' VJEPA2Model.from_pretrained reads."""
+    write_pretrained(directory, ours_to_hf(model), model.config.to_hf_dict())
+
+
+def split_classifier(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """A classifier's state dict -> (backbone without its prefix, head)."""
+    backbone = {k[len(CLASSIFIER_BACKBONE):]: v for k, v in state.items() if k.startswith(CLASSIFIER_BACKBONE)}
+    head = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_BACKBONE)}
+    return backbone, head
+
+
+def load_classifier(cls, path_or_hub_id: str, config_cls, rope_grid: str | None):
+    """A transformers VJEPA2ForVideoClassification checkpoint, strictly: the backbone through the
+    HF key map, the head (pooler, classifier) under transformers' own names."""
+    directory, config, state = read_pretrained(path_or_hub_id, config_cls, rope_grid)
+    head_weight = state.get("classifier.weight")
+    if head_weight is not None and head_weight.shape[0] != config.num_labels:
+        raise CheckpointError(f"{directory}: config.json names {config.num_labels} labels (id2label) but "
+                              f"classifier.weight has {head_weight.shape[0]} rows: num_labels does not "
+                              "match the checkpoint")
+    model = empty_model(cls, config)
+    backbone, head = split_classifier(state)
+    _, expected = split_classifier(model.state_dict())
+    missing, unexpected = sorted(expected.keys() - head.keys()), sorted(head.keys() - expected.keys())
+    if missing or unexpected:
+        raise CheckpointError(f"{directory}: the classification head does not match the model: missing keys "
+                              f"{missing[:20]}; unexpected keys {unexpected[:20]}")
+    ours = {CLASSIFIER_BACKBONE + k: v for k, v in hf_to_ours(model.vjepa2, backbone, str(directory)).items()}
+    load_state_strict(model, {**ours, **head}, str(directory))
+    return model
+
+
+def save_classifier(model, directory: str) -> None:
+    """What transformers' VJEPA2ForVideoClassification.from_pretrained reads."""
+    _, head = split_classifier(model.state_dict())
+    state = {**{CLASSIFIER_BACKBONE + k: v for k, v in ours_to_hf(model.vjepa2).items()}, **head}
+    write_pretrained(directory, state, model.config.to_hf_dict())
 
 
 # ---- Meta's .pt format ----------------------------------------------------------------------
@@ -224,46 +269,52 @@ def infer_meta_config(encoder: dict[str, Tensor], predictor: dict[str, Tensor]) 
         pred_num_mask_tokens=count(predictor, "mask_tokens"))
 
 
-def meta_to_ours(model: torch.nn.Module, encoder: dict[str, Tensor], predictor: dict[str, Tensor],
+def meta_to_ours(expected: dict[str, Tensor], encoder: dict[str, Tensor], predictor: dict[str, Tensor],
                  what: str) -> dict[str, Tensor]:
+    """Meta's (encoder, predictor) state dicts, prefixes stripped -> ours, strictly against
+    `expected` (the model's state dict, which says how many mask tokens there are)."""
     source = {f"encoder.{k}": v for k, v in encoder.items()}
     source.update({f"predictor.{k}": v for k, v in predictor.items()})
-    n_mask = model.config.pred_num_mask_tokens
+    n_mask = expected["predictor.mask_tokens"].shape[0]
     names = {}
-    for k in model.state_dict():
+    for k in expected:
         if k == "predictor.mask_tokens":
             names[k] = [f"predictor.mask_tokens.{i}" for i in range(n_mask)]
         else:
             names[k] = [f"{k.split('.')[0]}.{meta_name(k)}"]
-    parts = _strict_collect(model.state_dict(), names, source, what)
+    parts = _strict_collect(expected, names, source, what)
     out = {k: v[0] for k, v in parts.items() if k != "predictor.mask_tokens"}
     out["predictor.mask_tokens"] = torch.stack([m.reshape(-1) for m in parts["predictor.mask_tokens"]])
     return out
 
 
-def load_meta_checkpoint(cls, path: str, config: VJEPA2Config | None, encoder_key: str):
-    if encoder_key not in ("encoder", "target_encoder"):
-        raise ValueError(f"encoder_key must be 'encoder' or 'target_encoder', got {encoder_key!r}")
+def read_meta_entries(path, keys: tuple[str, ...]) -> dict:
+    """torch.load(weights_only=True) of a Meta .pt file that must hold `keys`."""
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    for key in (encoder_key, "predictor"):
+    for key in keys:
         if key not in ckpt:
             raise CheckpointError(f"{path}: no {key!r} entry (found {sorted(ckpt)})")
+    return ckpt
+
+
+def load_meta_checkpoint(cls, path: str, config: VJEPA2Config | None, encoder_key: str):
+    if encoder_key not in ("encoder", "target_encoder"):
+        raise ValueError(f"encoder_key must be 'encoder' or 'target_encoder', got {encoder_key!r}")
+    ckpt = read_meta_entries(path, (encoder_key, "predictor"))
     encoder, predictor = strip_meta_prefix(ckpt[encoder_key]), strip_meta_prefix(ckpt["predictor"])
     if config is None:
         config = infer_meta_config(encoder, predictor)
-    with torch.device("meta"):
-        model = cls(config)
-    model = model.to_empty(device="cpu")
-    load_state_strict(model, meta_to_ours(model, encoder, predictor, path), path)
+    model = empty_model(cls, config)
+    load_state_strict(model, meta_to_ours(model.state_dict(), encoder, predictor, path), path)
     return model
 
 
-def ours_to_meta(model: torch.nn.Module, prefix: str = "module.backbone.") -> tuple[dict, dict]:
-    """(encoder, predictor) state dicts in Meta's layout."""
+def ours_to_meta(state: dict[str, Tensor], prefix: str = "module.backbone.") -> tuple[dict, dict]:
+    """Our encoder/predictor state dict -> (encoder, predictor) state dicts in Meta's layout."""
     encoder, predictor = {}, {}
-    for k, v in model.state_dict().items():
+    for k, v in state.items():
         part = k.split(".")[0]
         if k == "predictor.mask_tokens":
             for i, m in enumerate(v):
@@ -271,3 +322,54 @@ def ours_to_meta(model: torch.nn.Module, prefix: str = "module.backbone.") -> tu
         else:
             (encoder if part == "encoder" else predictor)[prefix + meta_name(k)] = v.clone()
     return encoder, predictor
+
+
+# ---- Meta's V-JEPA 2-AC predictor (.pt) -----------------------------------------------------
+
+def ac_meta_name(key: str) -> str:
+    """ours -> Meta for the AC predictor: only block sub-modules differ
+    ('predictor_blocks.3.qkv.weight' -> 'predictor_blocks.3.attn.qkv.weight')."""
+    parts = key.split(".")
+    if parts[0] == "predictor_blocks":
+        parts[2] = _META_BLOCK[parts[2]]
+    return ".".join(parts)
+
+
+def ac_to_meta(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {"module." + ac_meta_name(k): v.detach().clone() for k, v in state.items()}
+
+
+def meta_to_ac(expected: dict[str, Tensor], state: dict[str, Tensor], what: str) -> dict[str, Tensor]:
+    """Meta's AC predictor state (prefixes stripped) -> ours, strictly against `expected` (the
+    model's state dict), except `extrinsics_encoder.*`: a layer Meta always builds but only uses
+    with use_extrinsics=True (never in the released model)."""
+    names = {ac_meta_name(k): [k] for k in expected}
+    source = {k: v for k, v in state.items() if not k.startswith("extrinsics_encoder.")}
+    parts = _strict_collect(expected, {ours[0]: [meta] for meta, ours in names.items()}, source,
+                            f"{what}: the AC predictor checkpoint")
+    out = {k: v[0] for k, v in parts.items()}
+    for k, v in out.items():
+        if v.shape != expected[k].shape:
+            raise CheckpointError(f"{what}: {ac_meta_name(k)} has shape {tuple(v.shape)}, the model expects "
+                                  f"{tuple(expected[k].shape)} (pass a matching ACConfig)")
+    return out
+
+
+def infer_ac_config(state: dict[str, Tensor]):
+    """An ACConfig from the shapes of a Meta AC checkpoint. Heads are not recoverable from shapes:
+    head dim 64, as in the released model; the grid is the released 16 x 16 (256 px / 16)."""
+    from vjepa_fast.ac_model import ACConfig
+    hidden, enc_dim = state["predictor_embed.weight"].shape
+    depth = len({k.split(".")[1] for k in state if k.startswith("predictor_blocks.")})
+    return ACConfig(enc_dim=enc_dim, hidden_size=hidden, depth=depth, num_heads=max(1, hidden // 64),
+                    mlp_ratio=state["predictor_blocks.0.mlp.fc1.weight"].shape[0] / hidden,
+                    action_dim=state["action_encoder.weight"].shape[1], state_dim=state["state_encoder.weight"].shape[1])
+
+
+def load_ac_meta_checkpoint(cls, path, config):
+    """The `predictor` entry of Meta's vjepa2-ac checkpoint (torch.load weights_only=True), strictly."""
+    entry = read_meta_entries(path, ("predictor",))["predictor"]
+    state = strip_meta_prefix(entry)
+    model = cls(infer_ac_config(state) if config is None else config)
+    model.load_state_dict(meta_to_ac(model.state_dict(), state, str(path)), strict=True)
+    return model

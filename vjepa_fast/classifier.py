@@ -14,18 +14,14 @@ The pooler's MLPs are 4x wide whatever the encoder's mlp_ratio (ViT-g's encoder 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vjepa_fast.checkpoints import CLASSIFIER_BACKBONE, CheckpointError, hf_to_ours, \
-    load_state_strict, ours_to_hf, read_pretrained
+from vjepa_fast.checkpoints import load_classifier, save_classifier
 from vjepa_fast.config import VJEPA2Config
-from vjepa_fast.files import atomic_write
 from vjepa_fast.model import VJEPA2Model, init_weights
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
@@ -256,33 +252,8 @@ class VJEPA2ForVideoClassification(nn.Module):
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str, rope_grid: str | None = None) -> "VJEPA2ForVideoClassification":
         """A transformers VJEPA2ForVideoClassification checkpoint (directory or hub id)."""
-        directory, config, state = read_pretrained(path_or_hub_id, VJEPA2ClassifierConfig, rope_grid)
-        head_weight = state.get("classifier.weight")
-        if head_weight is not None and head_weight.shape[0] != config.num_labels:
-            raise CheckpointError(f"{directory}: config.json names {config.num_labels} labels (id2label) but "
-                                  f"classifier.weight has {head_weight.shape[0]} rows: num_labels does not "
-                                  "match the checkpoint")
-        with torch.device("meta"):
-            model = cls(config)
-        model = model.to_empty(device="cpu")
-        backbone = {k[len(CLASSIFIER_BACKBONE):]: v for k, v in state.items() if k.startswith(CLASSIFIER_BACKBONE)}
-        head = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_BACKBONE)}
-        expected = {k for k in model.state_dict() if not k.startswith(CLASSIFIER_BACKBONE)}
-        missing, unexpected = sorted(expected - head.keys()), sorted(head.keys() - expected)
-        if missing or unexpected:
-            raise CheckpointError(f"{directory}: the classification head does not match the model: missing keys "
-                                  f"{missing[:20]}; unexpected keys {unexpected[:20]}")
-        ours = {CLASSIFIER_BACKBONE + k: v for k, v in hf_to_ours(model.vjepa2, backbone, str(directory)).items()}
-        load_state_strict(model, {**ours, **head}, str(directory))
-        return model
+        return load_classifier(cls, path_or_hub_id, VJEPA2ClassifierConfig, rope_grid)
 
     def save_pretrained(self, directory: str) -> None:
         """config.json + model.safetensors that transformers' VJEPA2ForVideoClassification reads."""
-        from safetensors.torch import save_file
-        directory = Path(directory)
-        state = {CLASSIFIER_BACKBONE + k: v for k, v in ours_to_hf(self.vjepa2).items()}
-        state.update({k: v for k, v in self.state_dict().items() if not k.startswith(CLASSIFIER_BACKBONE)})
-        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-        atomic_write(directory / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
-        text = json.dumps(self.config.to_hf_dict(), indent=2)
-        atomic_write(directory / "config.json", lambda p: Path(p).write_text(text))
+        save_classifier(self, directory)

@@ -18,7 +18,6 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -43,7 +42,6 @@ class JEPA(nn.Module):
 
     def __init__(self, encoder: Encoder, predictor: Predictor):
         super().__init__()
-        self.config = encoder.config  # what the checkpoint key mapping reads
         self.encoder, self.predictor = encoder, predictor
 
     def forward(self, clips: Tensor, context: Tensor, target_ids: Tensor, target: Tensor) -> Tensor:
@@ -285,10 +283,8 @@ class Trainer:
         """Meta's checkpoint keys (module.backbone.-prefixed Meta layouts) plus what exact resume needs."""
         model_state, target_state, opt_state = self._full_state()
         if self.rank == 0:
-            # ours_to_meta reads only .state_dict(): hand it the gathered (possibly unsharded) states.
-            encoder, predictor = ours_to_meta(SimpleNamespace(state_dict=lambda: model_state))
-            target_encoder, _ = ours_to_meta(SimpleNamespace(
-                state_dict=lambda: {f"encoder.{k}": v for k, v in target_state.items()}))
+            encoder, predictor = ours_to_meta(model_state)
+            target_encoder, _ = ours_to_meta({f"encoder.{k}": v for k, v in target_state.items()})
             history = self.history
             state = {"encoder": encoder, "predictor": predictor, "target_encoder": target_encoder,
                      "opt": opt_state, "scaler": None, "epoch": self.step, "loss": history[-1]["loss"] if history else None,
@@ -312,8 +308,9 @@ class Trainer:
                 raise ValueError(f"--resume: {path} was written with {key}={state[key]}, this run has {ours}; "
                                  "exact resume needs the same value")
         predictor = strip_meta_prefix(state["predictor"])
-        ours = meta_to_ours(self.jepa, strip_meta_prefix(state["encoder"]), predictor, str(path))
-        target = meta_to_ours(self.jepa, strip_meta_prefix(state["target_encoder"]), predictor, str(path))
+        expected = self.jepa.state_dict()
+        ours = meta_to_ours(expected, strip_meta_prefix(state["encoder"]), predictor, str(path))
+        target = meta_to_ours(expected, strip_meta_prefix(state["target_encoder"]), predictor, str(path))
         target = {k[len("encoder."):]: v for k, v in target.items() if k.startswith("encoder.")}
         if self.config.fsdp and self.world > 1:
             from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
