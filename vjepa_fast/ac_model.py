@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from vjepa_fast.model import Block, Encoder, init_weights
 from vjepa_fast.ops.rope import Rope, make_rope
 from vjepa_fast.ops.rope_attention import rope_attention
-from vjepa_fast.video import IMAGENET_MEAN, IMAGENET_STD
+from vjepa_fast.video import normalize
 
 COND_TOKENS = 2  # action and state tokens per step
 
@@ -225,11 +225,9 @@ def encode_frames(encoder: Encoder, frames: Tensor, batch: int = 64) -> Tensor:
     affine parameters: the features V-JEPA 2-AC is trained and planned on."""
     if frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
         raise ValueError(f"encode_frames: frames must be (T, H, W, 3) uint8, got {frames.dtype} {tuple(frames.shape)}")
-    mean = torch.tensor(IMAGENET_MEAN, device=frames.device)
-    std = torch.tensor(IMAGENET_STD, device=frames.device)
     out = []
     for chunk in frames.split(batch):
-        x = ((chunk.float() / 255 - mean) / std).permute(0, 3, 1, 2)[:, None]  # (t, 1, 3, H, W)
+        x = normalize(chunk.permute(0, 3, 1, 2))[:, None]  # (t, 1, 3, H, W)
         h = encoder(x)  # (t, P, D)
         out.append(F.layer_norm(h, (h.shape[-1],)))
     return torch.cat(out)

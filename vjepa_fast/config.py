@@ -13,7 +13,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import torch
+
 ROPE_MODES = ("tile", "interleave")
+# The pixel statistics every released model was trained with (RGB, [0, 1] units).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The dtype names the jobs accept (--dtype, --feature-dtype).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ROPE_GRIDS = ("config", "input")
 
 

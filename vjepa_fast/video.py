@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from vjepa_fast.config import IMAGENET_MEAN, IMAGENET_STD
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
 
 # Frames resized at once: a 1080p frame is 25 MB in float32, so 64 at a time would need 1.6 GB.
 _RESIZE_CHUNK = 8
@@ -125,10 +126,15 @@ class VideoProcessor:
         h, w = frames.shape[-2:]
         top, left = (h - c.crop_size) // 2, (w - c.crop_size) // 2
         frames = frames[..., top:top + c.crop_size, left:left + c.crop_size]
-        mean = torch.tensor(c.mean, device=frames.device) * 255.0
-        std = torch.tensor(c.std, device=frames.device) * 255.0
-        pixels = (frames.float() - mean[:, None, None]) / std[:, None, None]
-        return pixels.reshape(*lead, 3, c.crop_size, c.crop_size)
+        return normalize(frames, c.mean, c.std).reshape(*lead, 3, c.crop_size, c.crop_size)
+
+
+def normalize(frames: Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> Tensor:
+    """(..., 3, H, W) pixels in [0, 255] (uint8, or float after a resize) -> float32
+    (x - 255 * mean) / (255 * std): step 3 of the processor, the one normalisation of the package."""
+    m = torch.tensor(mean, device=frames.device) * 255.0
+    s = torch.tensor(std, device=frames.device) * 255.0
+    return (frames.float() - m[:, None, None]) / s[:, None, None]
 
 
 # ---- Decoding and frame sampling ------------------------------------------------------------

@@ -18,7 +18,7 @@ from torch import Tensor
 from vjepa_fast.files import atomic_write
 from vjepa_fast.model import Encoder, VJEPA2Model
 from vjepa_fast.worlds.physics import PhysicsConfig, clip_seed, generate_clip
-from vjepa_fast.jobs.train_data import normalize
+from vjepa_fast.video import normalize
 from vjepa_fast.jobs.train_config import TrainConfig, parse_args
 from vjepa_fast.jobs.trainer import Trainer, TrainingDiverged
 

@@ -21,17 +21,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from vjepa_fast.masks import MaskConfig, mix_seed, sample_masks
 from vjepa_fast.worlds.physics import PhysicsClips, PhysicsConfig
-from vjepa_fast.video import IMAGENET_MEAN, IMAGENET_STD
+from vjepa_fast.video import VIDEO_EXTENSIONS, normalize
 
 log = logging.getLogger(__name__)
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
-
-
-def normalize(frames: Tensor) -> Tensor:
-    """(T, 3, H, W) uint8 -> float32 ImageNet-normalised."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (frames.float() / 255 - mean) / std
 
 
 class PhysicsTrainClips(Dataset):
@@ -55,7 +47,7 @@ def list_videos(source: str) -> list[Path]:
     the list's folder."""
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
     elif path.is_file():
         files = []
         with open(path, newline="") as f:
@@ -66,7 +58,7 @@ def list_videos(source: str) -> list[Path]:
     else:
         raise FileNotFoundError(f"--data: {source} is neither 'physics', a folder of videos nor a CSV file")
     if not files:
-        raise ValueError(f"--data: no videos found in {source} (looked for {', '.join(VIDEO_SUFFIXES)})")
+        raise ValueError(f"--data: no videos found in {source} (looked for {', '.join(VIDEO_EXTENSIONS)})")
     return files
 
 
