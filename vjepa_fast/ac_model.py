@@ -22,11 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from vjepa_fast.model import Block, Encoder, init_weights
-from vjepa_fast.ops.rope import Rope, make_rope
-from vjepa_fast.ops.rope_attention import rope_attention
+from vjepa_fast.model import Block, Encoder, init_weights, run_blocks
+from vjepa_fast.ops.rope import make_rope
 from vjepa_fast.video import normalize
 
 COND_TOKENS = 2  # action and state tokens per step
@@ -96,26 +94,6 @@ def step_positions(steps: range, config: ACConfig, device=None) -> Tensor:
     return pos.reshape(1, -1, 3)
 
 
-class ACBlock(Block):
-    """The encoder's block with block-causal attention and optional cached keys/values of earlier steps."""
-
-    def forward(self, x: Tensor, q_rope: Rope, k_rope: Rope, step_tokens: int,
-                past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        a, kv = self.causal_attention(self.norm1(x), q_rope, k_rope, step_tokens, past)
-        x = x + a
-        return x + self.mlp(self.norm2(x)), kv
-
-    def causal_attention(self, x: Tensor, q_rope: Rope, k_rope: Rope, step_tokens: int,
-                         past: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        B, N, D = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, hd)
-        if past is not None:
-            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)  # (B, heads, Nk, hd)
-        a = rope_attention(q, k, v, q_rope, k_rope, causal_block=step_tokens)  # (B, heads, N, hd)
-        return self.proj(a.transpose(1, 2).reshape(B, N, D)), (k, v)
-
-
 @dataclass
 class ACCache:
     """Unrotated keys and values of the steps fed so far, one (k, v) pair per block."""
@@ -133,7 +111,7 @@ class ACPredictor(nn.Module):
         self.action_encoder = nn.Linear(c.action_dim, c.hidden_size)
         self.state_encoder = nn.Linear(c.state_dim, c.hidden_size)
         self.predictor_blocks = nn.ModuleList(
-            ACBlock(c.hidden_size, c.num_heads, int(c.hidden_size * c.mlp_ratio), c.layer_norm_eps, True)
+            Block(c.hidden_size, c.num_heads, int(c.hidden_size * c.mlp_ratio), c.layer_norm_eps, True)
             for _ in range(c.depth))
         self.predictor_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.predictor_proj = nn.Linear(c.hidden_size, c.enc_dim)
@@ -172,11 +150,7 @@ class ACPredictor(nn.Module):
         c = self.config
         x = self._tokens(z, actions, states)
         rope = make_rope(step_positions(range(T), c, z.device), c.hidden_size // c.num_heads, c.rope_mode)
-        for block in self.predictor_blocks:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                x, _ = checkpoint(block, x, rope, rope, c.tokens_per_step, use_reentrant=False)
-            else:
-                x, _ = block(x, rope, rope, c.tokens_per_step)
+        x = run_blocks(self.predictor_blocks, x, rope, self.gradient_checkpointing, c.tokens_per_step)
         return self._output(x)
 
     @torch.no_grad()
@@ -201,8 +175,7 @@ class ACPredictor(nn.Module):
         x = self._tokens(z, actions, states)
         kv = []
         for i, block in enumerate(self.predictor_blocks):
-            x, entry = block(x, q_rope, k_rope, c.tokens_per_step, cache.kv[i] if cache.kv else None)
-            kv.append(entry)
+            x = block(x, q_rope, c.tokens_per_step, k_rope, cache.kv[i] if cache.kv else None, keep=kv)
         cache.kv, cache.steps = kv, t + 1
         return self._output(x)
 

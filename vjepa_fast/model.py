@@ -17,7 +17,12 @@ from vjepa_fast.ops.tubelet_embed import tubelet_embed
 
 
 class Block(nn.Module):
-    """x += proj(attn(rope(q), rope(k), v)) on LN1(x); x += fc2(gelu(fc1(LN2(x))))."""
+    """x += proj(attn(rope(q), rope(k), v)) on LN1(x); x += fc2(gelu(fc1(LN2(x)))).
+
+    The one block of the encoder, the predictor and the AC predictor. The AC predictor's
+    variants are arguments: causal_block > 0 makes attention block-causal over steps of that
+    many tokens; `past` (k, v) of earlier steps are put before this call's keys and values (then
+    k_rope covers them all), and `keep`, a list, receives this call's (k, v) for a cache."""
 
     def __init__(self, dim: int, heads: int, mlp_hidden: int, eps: float, qkv_bias: bool):
         super().__init__()
@@ -29,17 +34,23 @@ class Block(nn.Module):
         self.fc1 = nn.Linear(dim, mlp_hidden)
         self.fc2 = nn.Linear(mlp_hidden, dim)
 
-    def forward(self, x: Tensor, rope: Rope) -> Tensor:
-        x = x + self.attention(self.norm1(x), rope)
+    def forward(self, x: Tensor, rope: Rope, causal_block: int = 0, k_rope: Rope | None = None,
+                past: tuple[Tensor, Tensor] | None = None, keep: list | None = None) -> Tensor:
+        x = x + self.attention(self.norm1(x), rope, causal_block, k_rope, past, keep)
         return x + self.mlp(self.norm2(x))
 
     # Attention and MLP are separate calls so that q, k, v (3x the activations) are freed before
     # the MLP's wide hidden layer is allocated: the block's peak memory is the MLP's, as in transformers.
-    def attention(self, x: Tensor, rope: Rope) -> Tensor:
+    def attention(self, x: Tensor, rope: Rope, causal_block: int = 0, k_rope: Rope | None = None,
+                  past: tuple[Tensor, Tensor] | None = None, keep: list | None = None) -> Tensor:
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, hd)
-        a = rope_attention(q, k, v, rope)  # (B, heads, N, hd)
+        if past is not None:
+            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)  # (B, heads, Nk, hd)
+        if keep is not None:
+            keep.append((k, v))
+        a = rope_attention(q, k, v, rope, k_rope, causal_block)  # (B, heads, N, hd)
         return self.proj(a.transpose(1, 2).reshape(B, N, D))
 
     def mlp(self, x: Tensor) -> Tensor:
@@ -53,12 +64,12 @@ class Block(nn.Module):
         return self.fc2(h)
 
 
-def run_blocks(blocks: nn.ModuleList, x: Tensor, rope: Rope, use_checkpointing: bool) -> Tensor:
+def run_blocks(blocks: nn.ModuleList, x: Tensor, rope: Rope, use_checkpointing: bool, causal_block: int = 0) -> Tensor:
     for block in blocks:
         if use_checkpointing and torch.is_grad_enabled():
-            x = checkpoint(block, x, rope, use_reentrant=False)
+            x = checkpoint(block, x, rope, causal_block, use_reentrant=False)
         else:
-            x = block(x, rope)
+            x = block(x, rope, causal_block)
     return x
 
 
