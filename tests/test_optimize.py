@@ -3,6 +3,7 @@ predictor with context/target masks, the classifier, gradients, and what it refu
 from __future__ import annotations
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -35,7 +36,25 @@ def test_outputs_match_unoptimised_model(shape, B, T, H, W):
                                atol=1e-4, rtol=1e-4)
 
 
-def test_gradients_match_and_state_dict_is_unchanged():
+@pytest.fixture
+def op_calls(monkeypatch):
+    """Counts the calls optimize's forwards make to this package's ops: a model that is not
+    optimised makes none, so the tests below fail if optimize() does nothing."""
+    opt = importlib.import_module("vjepa_fast.optimize")  # the package's `optimize` name is the function
+    calls = {"rope_attention": 0, "tubelet_embed": 0}
+
+    def counting(name, op):
+        def wrapper(*args, **kw):
+            calls[name] += 1
+            return op(*args, **kw)
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(opt, name, counting(name, getattr(opt, name)))
+    return calls
+
+
+def test_gradients_match_and_state_dict_is_unchanged(op_calls):
     model = hf_model("vitl", depth=1, pred_depth=1)
     fast = optimize(copy.deepcopy(model))
     assert fast.state_dict().keys() == model.state_dict().keys()
@@ -46,9 +65,10 @@ def test_gradients_match_and_state_dict_is_unchanged():
     for (name, p), q in zip(model.named_parameters(), fast.parameters()):
         if p.grad is not None:
             torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+    assert op_calls == {"rope_attention": 2, "tubelet_embed": 1}  # encoder + predictor layer, one embedding
 
 
-def test_classifier_logits_match():
+def test_classifier_logits_match(op_calls):
     cfg = transformers.VJEPA2Config(num_hidden_layers=2, pred_num_hidden_layers=1, hidden_size=192,
                                     num_attention_heads=3, crop_size=32, frames_per_clip=4, num_labels=5)
     model = transformers.VJEPA2ForVideoClassification(cfg).eval()
@@ -56,6 +76,7 @@ def test_classifier_logits_match():
     video = torch.randn(2, 4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(fast(video).logits, model(video).logits, atol=1e-4, rtol=1e-4)
+    assert op_calls == {"rope_attention": 2, "tubelet_embed": 1}  # two encoder layers, one embedding
 
 
 def test_refuses_other_models_and_attention_dropout():
