@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vjepa_fast.ops._ext import extension_available
+from vjepa_fast.ops.dispatch import extension_available
 from vjepa_fast.masks import (DEFAULT_MASKS, LONG_RANGE, SHORT_RANGE, MaskConfig, sample_masks,
                               sample_positions, sample_positions_ref)
 

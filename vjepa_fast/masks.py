@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vjepa_fast.ops._ext import extension_available
+from vjepa_fast.ops.dispatch import extension_available
 
 
 @dataclass(frozen=True)

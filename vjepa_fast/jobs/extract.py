@@ -22,11 +22,10 @@ from torch import Tensor
 from tqdm import tqdm
 
 from vjepa_fast.files import atomic_write
-from vjepa_fast.config import ROPE_GRIDS, VJEPA2Config
+from vjepa_fast.config import DTYPES, ROPE_GRIDS, VJEPA2Config
 from vjepa_fast.model import VJEPA2Model
 from vjepa_fast.video import ClipSampling, ProcessorConfig, VideoProcessor, load_clip
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass

@@ -33,13 +33,11 @@ from tqdm import tqdm
 from vjepa_fast.checkpoints import resolve
 from vjepa_fast.files import atomic_write
 from vjepa_fast.classifier import VJEPA2ForVideoClassification, classification_loss
-from vjepa_fast.config import PRESETS, VJEPA2Config
+from vjepa_fast.config import DTYPES, PRESETS, VJEPA2Config
 from vjepa_fast.model import VJEPA2Model
 from vjepa_fast.worlds.physics import PhysicsClips, PhysicsConfig
-from vjepa_fast.video import ProcessorConfig, VideoProcessor
+from vjepa_fast.video import VIDEO_EXTENSIONS, ProcessorConfig, VideoProcessor
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
 @dataclass

@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vjepa_fast.ops._ext import extension_available
-from vjepa_fast.ops.dispatch import reference_forced
+from vjepa_fast.ops.dispatch import extension_available, reference_forced
 
 LN_EPS = 1e-5
 
