@@ -1,7 +1,13 @@
 import os
+import sys
+from pathlib import Path
 
 # The Triton interpreter must be chosen before any @triton.jit function is defined.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# `python -m pytest` puts the repository root on sys.path, where kernels/ (installed as
+# vjepa_fast.kernels) would shadow the PyPI package `kernels` that transformers imports.
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -8,8 +8,10 @@ import torch.nn.functional as F
 from vjepa_fast.jobs.train_data import Augment, VideoClips, list_videos
 from vjepa_fast.masks import mix_seed
 from vjepa_fast.worlds.physics import PhysicsConfig, generate_clip, write_mp4
-from vjepa_fast.jobs.train_config import TrainConfig, build_parser, parse_args
-from vjepa_fast.jobs.trainer import Trainer, TrainingDiverged, ema_update, lr_at, param_groups
+from vjepa_fast.jobs import cli
+from vjepa_fast.jobs.loop import TrainingDiverged, param_groups
+from vjepa_fast.jobs.train_config import TrainConfig, parse_args
+from vjepa_fast.jobs.trainer import Trainer, ema_update
 
 transformers = pytest.importorskip("transformers")
 
@@ -153,7 +155,7 @@ def test_ema_update_matches_loop():
 
 def test_lr_schedule(tmp_path):
     c = small_config(tmp_path, steps=20, warmup_steps=5, cooldown_steps=4, start_lr=1e-4, lr=5e-4, final_lr=1e-6)
-    lrs = [lr_at(c, s) for s in range(20)]
+    lrs = [c.schedule().lr_at(s) for s in range(20)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[5] == pytest.approx(5e-4)
     assert all(a < b for a, b in zip(lrs[:5], lrs[1:6]))              # linear warm-up
     assert lrs[5:16] == [pytest.approx(5e-4)] * 11                    # constant
@@ -291,7 +293,7 @@ def test_missing_data_is_a_clear_error(tmp_path):
 # ---- CLI ---------------------------------------------------------------------------------------
 
 def test_cli_flags_map_one_to_one_onto_config_fields(capsys):
-    parser = build_parser(TrainConfig())
+    parser = cli.build_parser(TrainConfig, "train", "")
     dests = {a.dest for a in parser._actions if a.dest != "help"}
     assert dests == {f.name for f in dataclasses.fields(TrainConfig)}
     assert all(a.help for a in parser._actions)

@@ -8,7 +8,6 @@ DDP (or FSDP2 with --fsdp).
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from vjepa_fast.model import Encoder, VJEPA2Model
 from vjepa_fast.worlds.physics import PhysicsConfig, clip_seed, generate_clip
 from vjepa_fast.video import normalize
 from vjepa_fast.jobs.train_config import TrainConfig, parse_args
-from vjepa_fast.jobs.trainer import Trainer, TrainingDiverged
+from vjepa_fast.jobs import cli
+from vjepa_fast.jobs.trainer import Trainer
 
 PROBE_SEED = 10_000  # probe clips come from another stream than the training clips
 
@@ -132,14 +132,7 @@ def run(config: TrainConfig) -> ProbeResult | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_args(argv)
-    try:
-        run(config)
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except (FileNotFoundError, ValueError) as e:  # bad data or checkpoint: one line, no traceback
-        raise SystemExit(f"python -m vjepa_fast.train: error: {e}") from None
+    cli.run(run, parse_args(argv), "python -m vjepa_fast.train")
 
 
 if __name__ == "__main__":

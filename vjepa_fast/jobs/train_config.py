@@ -7,12 +7,13 @@ recipe's value, and flags given on the command line override it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 from dataclasses import dataclass, field
 
 from vjepa_fast.config import PRESETS, VJEPA2Config
+from vjepa_fast.jobs import cli
+from vjepa_fast.jobs.loop import Schedule
 from vjepa_fast.masks import MaskConfig
 
 
@@ -90,15 +91,15 @@ class TrainConfig:
             value = getattr(self, name)
             low = 1 if name in positive else 0
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"--{_flag(name)} must be an int >= {low}, got {value!r}")
+                raise ValueError(f"{cli.flag(name)} must be an int >= {low}, got {value!r}")
         for name in ("fps", "start_lr", "lr", "final_lr", "weight_decay", "ema", "beta1", "beta2",
                      "min_scale", "max_scale", "min_aspect", "max_aspect", "short_scale", "long_scale"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"--{_flag(name)} must be a finite number >= 0, got {value!r}")
+                raise ValueError(f"{cli.flag(name)} must be a finite number >= 0, got {value!r}")
         for name in ("ema", "beta1", "beta2"):
             if not getattr(self, name) < 1:
-                raise ValueError(f"--{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
+                raise ValueError(f"{cli.flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if self.fps <= 0 or self.lr <= 0:
             raise ValueError(f"--fps and --lr must be > 0, got {self.fps} and {self.lr}")
         if not 0 < self.min_scale <= self.max_scale <= 1:
@@ -114,11 +115,14 @@ class TrainConfig:
                               ("dtype", ("auto", "float32", "bfloat16")), ("device", ("auto", "cpu", "cuda")),
                               ("rope_mode", ("tile", "interleave"))):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"--{_flag(name)} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ValueError(f"{cli.flag(name)} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.crop_size % self.patch_size:
             raise ValueError(f"--crop-size ({self.crop_size}) must be a multiple of --patch-size ({self.patch_size})")
         self.model_config()  # width/heads divisibility and the like, with the model's own messages
         self.mask_configs()
+
+    def schedule(self) -> Schedule:
+        return Schedule(self.steps, self.lr, self.start_lr, self.final_lr, self.warmup_steps, self.cooldown_steps)
 
     def model_config(self) -> VJEPA2Config:
         overrides = dict(patch_size=self.patch_size, crop_size=self.crop_size, frames_per_clip=self.frames,
@@ -133,7 +137,7 @@ class TrainConfig:
     def mask_configs(self) -> tuple[MaskConfig, MaskConfig]:
         for name in ("short_scale", "long_scale"):
             if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"--{_flag(name)} must be in (0, 1], got {getattr(self, name)}")
+                raise ValueError(f"{cli.flag(name)} must be in (0, 1], got {getattr(self, name)}")
         return (MaskConfig(self.short_blocks, self.short_scale), MaskConfig(self.long_blocks, self.long_scale))
 
 
@@ -149,6 +153,9 @@ _PAPER = dict(width=0, depth=0, heads=0, pred_width=0, pred_depth=0, pred_heads=
 # 64 x 2) on the embedded physics clips that trains in about a minute on two cores (one for the
 # model, one for the data worker); EMA 0.995 so the target encoder moves well away from its
 # initialisation within 600 steps (at 0.99925 it would still be 64 % its random init).
+PROG = "python -m vjepa_fast.train"
+DESCRIPTION = ("V-JEPA 2 self-supervised pre-training (stage 1). With no arguments: a small model on generated "
+               "physics clips, on the CPU, in a few minutes.")
 TRAIN_PRESETS: dict[str, dict] = {
     "tiny": {},  # the dataclass defaults
     "vitl": dict(_PAPER, model="vitl"),
@@ -157,39 +164,12 @@ TRAIN_PRESETS: dict[str, dict] = {
 }
 
 
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
-
-
-def build_parser(defaults: TrainConfig) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m vjepa_fast.train",
-        description="V-JEPA 2 self-supervised pre-training (stage 1). With no arguments: a small model "
-                    "on generated physics clips, on the CPU, in a few minutes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(TrainConfig):
-        default = getattr(defaults, f.name)
-        if f.type in ("bool", bool):
-            parser.add_argument(f"--{_flag(f.name)}", dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=default, help=f.metadata["help"])
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type]
-            parser.add_argument(f"--{_flag(f.name)}", dest=f.name, type=kind, default=default,
-                                metavar=f.name.upper(), help=f.metadata["help"])
-    return parser
-
-
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     argv = sys.argv[1:] if argv is None else argv
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--preset", default="tiny")
     known, _ = first.parse_known_args(argv)
     if known.preset not in TRAIN_PRESETS:
-        build_parser(TrainConfig()).error(f"--preset must be one of {tuple(TRAIN_PRESETS)}, got {known.preset!r}")
+        cli.build_parser(TrainConfig, PROG, DESCRIPTION).error(f"--preset must be one of {tuple(TRAIN_PRESETS)}, got {known.preset!r}")
     defaults = TrainConfig(**{**TRAIN_PRESETS[known.preset], "preset": known.preset})
-    parser = build_parser(defaults)
-    args = parser.parse_args(argv)
-    try:
-        return TrainConfig(**vars(args))
-    except ValueError as e:
-        parser.error(str(e))
+    return cli.parse(TrainConfig, argv, PROG, DESCRIPTION, defaults)

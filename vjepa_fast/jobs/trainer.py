@@ -26,14 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vjepa_fast.checkpoints import meta_to_ours, ours_to_meta, strip_meta_prefix
-from vjepa_fast.files import atomic_write
+from vjepa_fast.jobs.loop import Run, param_groups
 from vjepa_fast.jobs.train_data import Collate, PhysicsTrainClips, StreamBatches, VideoClips, Augment, list_videos, make_loader
 from vjepa_fast.model import Encoder, Predictor, VJEPA2Model, gather_tokens
 from vjepa_fast.jobs.train_config import TrainConfig
-
-
-class TrainingDiverged(RuntimeError):
-    pass
 
 
 class JEPA(nn.Module):
@@ -75,26 +71,6 @@ def target_features(target_encoder: Encoder, video: Tensor) -> Tensor:
 def ema_update(target: list[Tensor], online: list[Tensor], momentum: float) -> None:
     torch._foreach_mul_(target, momentum)
     torch._foreach_add_(target, online, alpha=1 - momentum)
-
-
-def lr_at(config: TrainConfig, step: int) -> float:
-    """Linear warm-up start_lr -> lr, constant, then a linear cool-down that reaches final_lr at
-    the last step."""
-    c = config
-    if step < c.warmup_steps:
-        return c.start_lr + (c.lr - c.start_lr) * step / c.warmup_steps
-    decay_start = c.steps - c.cooldown_steps
-    if step < decay_start:
-        return c.lr
-    return c.lr + (c.final_lr - c.lr) * (step - decay_start + 1) / c.cooldown_steps
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Biases and 1-D parameters (LayerNorm weights) are not decayed (Meta's split)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if name.endswith("bias") or p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def setup_distributed(device: str) -> tuple[int, int, torch.device]:
@@ -153,9 +129,18 @@ class Trainer:
         # The fused AdamW kernel (one pass over each tensor) where parameters are plain tensors.
         self.optimizer = torch.optim.AdamW(param_groups(self.jepa, c.weight_decay), lr=c.start_lr,
                                            betas=(c.beta1, c.beta2), eps=1e-8, fused=not (c.fsdp and self.world > 1))
-        self.step, self.skipped, self.history = 0, 0, []
+        self.loop = Run(self.out, "latest.pt", c.schedule(), self.optimizer, writer=self.rank == 0)
+        self.skipped = 0
         if c.resume:
-            self.load(self.out / "latest.pt")
+            self.load()
+
+    @property
+    def step(self) -> int:
+        return self.loop.step
+
+    @property
+    def history(self) -> list[dict]:
+        return self.loop.history
 
     def _distribute(self) -> nn.Module:
         if self.world == 1:
@@ -189,9 +174,7 @@ class Trainer:
     def train_step(self, micro_batches: list) -> float:
         """One optimizer step over the micro-batches of this rank; returns the loss averaged over
         micro-batches and ranks. Raises TrainingDiverged (before updating anything) on NaN/inf."""
-        lr = lr_at(self.config, self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.loop.set_lr()
         total = torch.zeros((), device=self.device)
         for i, batch in enumerate(micro_batches):
             video = batch.video.to(self.device, non_blocking=True)
@@ -213,11 +196,7 @@ class Trainer:
         if self.world > 1:
             dist.all_reduce(total)
             total /= self.world
-        value = float(total)
-        if not np.isfinite(value):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingDiverged(f"loss is {value} at step {self.step}: training stopped; the last good "
-                                   f"checkpoint is {self.out / 'latest.pt'}")
+        value = self.loop.check(float(total))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.config.fsdp and self.world > 1:
@@ -225,12 +204,10 @@ class Trainer:
             self.jepa.reshard()
             self.target.reshard()
         ema_update(list(self.target.parameters()), list(self.jepa.encoder.parameters()), self.config.ema)
-        self.step += 1
         return value
 
     def run(self, until: int | None = None) -> list[float]:
         """Trains up to step `until` (default: config.steps); returns this run's losses."""
-        from tqdm import tqdm
         c = self.config
         until = c.steps if until is None else min(until, c.steps)
         if self.rank == 0:
@@ -238,33 +215,25 @@ class Trainer:
         losses = []
         if self.step >= until:
             return losses
-        bar = tqdm(total=until, initial=self.step, disable=self.rank != 0 or not c.progress, desc="pre-training",
-                   unit="step", dynamic_ncols=True)
+        bar = self.loop.progress(until, "pre-training", c.progress)
         data = iter(self.loader())
         t0, clips = time.perf_counter(), 0
         while self.step < until:
             micro = [next(data) for _ in range(c.grad_accum)]
             skipped = sum(b.skipped for b in micro)
-            lr = lr_at(c, self.step)
+            lr = self.loop.schedule.lr_at(self.step)
             loss = self.train_step(micro)
             clips += c.batch_size * self.world
             self.skipped += skipped
             speed = clips / (time.perf_counter() - t0)
             losses.append(loss)
-            self.history.append({"step": self.step, "loss": loss, "lr": lr, "clips_per_s": speed,
-                                 "skipped_videos": self.skipped})
+            self.loop.record(loss=loss, lr=lr, clips_per_s=speed, skipped_videos=self.skipped)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{speed:.1f}")
             bar.update(1)
             if self.step % c.checkpoint_every == 0 or self.step == c.steps:
-                self.save(self.out / "latest.pt")
+                self.save()
         bar.close()
         return losses
-
-    def write_log(self) -> None:
-        rows = self.history
-        text = ",".join(rows[0]) + "\n" + "".join(",".join(f"{v:.6g}" if isinstance(v, float) else str(v)
-                                                            for v in r.values()) + "\n" for r in rows)
-        atomic_write(self.out / "log.csv", lambda p: Path(p).write_text(text))
 
     # ---- checkpoints -------------------------------------------------------------------------
 
@@ -279,29 +248,26 @@ class Trainer:
                     get_optimizer_state_dict(self.jepa, self.optimizer, options=options))
         return self.jepa.state_dict(), self.target.state_dict(), self.optimizer.state_dict()
 
-    def save(self, path: Path) -> None:
+    def save(self) -> None:
         """Meta's checkpoint keys (module.backbone.-prefixed Meta layouts) plus what exact resume needs."""
         model_state, target_state, opt_state = self._full_state()
         if self.rank == 0:
             encoder, predictor = ours_to_meta(model_state)
             target_encoder, _ = ours_to_meta({f"encoder.{k}": v for k, v in target_state.items()})
             history = self.history
-            state = {"encoder": encoder, "predictor": predictor, "target_encoder": target_encoder,
-                     "opt": opt_state, "scaler": None, "epoch": self.step, "loss": history[-1]["loss"] if history else None,
-                     "batch_size": self.config.batch_size, "world_size": self.world,
-                     "lr": lr_at(self.config, max(self.step - 1, 0)),
-                     "step": self.step, "data_position": self.step * self.world * self.config.batch_size,
-                     "skipped_videos": self.skipped, "rng": rng_state(), "history": history,
-                     "config": asdict(self.config)}
-            atomic_write(path, lambda p: torch.save(state, p))
-            self.write_log()
+            self.loop.save({"encoder": encoder, "predictor": predictor, "target_encoder": target_encoder,
+                            "opt": opt_state, "scaler": None, "epoch": self.step,
+                            "loss": history[-1]["loss"] if history else None,
+                            "batch_size": self.config.batch_size, "world_size": self.world,
+                            "lr": self.loop.schedule.lr_at(max(self.step - 1, 0)),
+                            "data_position": self.step * self.world * self.config.batch_size,
+                            "skipped_videos": self.skipped, "rng": rng_state(), "config": asdict(self.config)})
         if self.world > 1:
             dist.barrier()
 
-    def load(self, path: Path) -> None:
-        if not path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    def load(self) -> None:
+        path = self.loop.path
+        state = self.loop.resume()
         for key in ("batch_size", "world_size"):
             ours = self.config.batch_size if key == "batch_size" else self.world
             if state[key] != ours:
@@ -323,7 +289,7 @@ class Trainer:
             self.jepa.load_state_dict(ours, strict=True)
             self.target.load_state_dict(target, strict=True)
             self.optimizer.load_state_dict(state["opt"])
-        self.step, self.skipped, self.history = state["step"], state["skipped_videos"], state["history"]
+        self.skipped = state["skipped_videos"]
         set_rng_state(state["rng"])
 
     def export(self, directory: Path) -> None:

@@ -1,0 +1,73 @@
+"""One command line for every job: each field of the job's config dataclass is one flag.
+
+A field `num_frames: int` is `--num-frames N`, its help text is the field's `help` metadata and
+its default is shown; a bool is `--x` / `--no-x`; a `list[str]` field is the positional
+arguments; `int | None` and the like default to unset. A value the dataclass's own checks reject
+is a one-line usage error, and a job's bad input (a missing file, a wrong checkpoint) is a
+one-line error, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Callable, TypeVar
+
+import torch
+
+Config = TypeVar("Config")
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each help text; the job's docstring kept as written."""
+
+
+def build_parser(cls: type, prog: str, description: str, defaults=None) -> argparse.ArgumentParser:
+    """Flags for every field of `cls`, with defaults from the instance `defaults` (else the fields')."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_Formatter)
+    for f in dataclasses.fields(cls):
+        default = getattr(defaults, f.name) if defaults is not None else (
+            f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        help_text = f.metadata["help"]
+        if f.type == "list[str]":
+            parser.add_argument(f.name, nargs="*", metavar=f.name.upper().rstrip("S"), default=default, help=help_text)
+        elif f.type == "bool":
+            parser.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+        else:
+            parser.add_argument(flag(f.name), dest=f.name, type=_TYPES[f.type.replace(" | None", "")],
+                                default=default, metavar=f.name.upper(), help=help_text)
+    return parser
+
+
+def parse(cls: type[Config], argv: list[str] | None, prog: str, description: str, defaults=None) -> Config:
+    """The command line as an instance of `cls`; a value it rejects is a usage error (exit 2)."""
+    parser = build_parser(cls, prog, description, defaults)
+    try:
+        return cls(**vars(parser.parse_args(argv)))
+    except ValueError as e:
+        parser.error(str(e))
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def run(job: Callable[[Config], object], config: Config, prog: str):
+    """Runs the job; bad data or a bad checkpoint (FileNotFoundError, ValueError, CheckpointError)
+    and a diverged run end with one line on stderr and exit status 1."""
+    try:
+        return job(config)
+    except (FileNotFoundError, ValueError, FloatingPointError) as e:
+        raise SystemExit(f"{prog}: error: {e}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    """`--device`: auto (CUDA when there is one), cpu, cuda or cuda:N."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.split(":")[0] not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available")
+    return torch.device(name)

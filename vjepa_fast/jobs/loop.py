@@ -1,0 +1,110 @@
+"""What every training job shares: the learning-rate schedule, AdamW's parameter groups, atomic
+checkpoints with exact resume, log.csv, the progress bar and the guard against a diverged loss.
+Pre-training, AC post-training and the probe each add only their loss and their data.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vjepa_fast.files import atomic_write
+
+
+class TrainingDiverged(FloatingPointError):
+    pass
+
+
+@dataclass
+class Schedule:
+    """Linear warm-up from start_lr to lr over warmup_steps, then constant with a linear cool-down
+    over the last cooldown_steps that reaches final_lr at the last step, or (cosine) a cosine
+    decay from lr to final_lr over everything after the warm-up."""
+    steps: int
+    lr: float
+    start_lr: float = 0.0
+    final_lr: float = 0.0
+    warmup_steps: int = 0
+    cooldown_steps: int = 0
+    cosine: bool = False
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.start_lr + (self.lr - self.start_lr) * step / self.warmup_steps
+        if self.cosine:
+            progress = min((step - self.warmup_steps + 1) / max(1, self.steps - self.warmup_steps), 1.0)
+            return self.final_lr + (self.lr - self.final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        decay_start = self.steps - self.cooldown_steps
+        if step < decay_start:
+            return self.lr
+        return self.lr + (self.final_lr - self.lr) * (step - decay_start + 1) / self.cooldown_steps
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: biases and 1-D parameters (norm weights) are not decayed (Meta's split)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.endswith("bias") or p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Run:
+    """The bookkeeping of one training run in the folder `out`: step, history (one dict per step,
+    written as log.csv with every checkpoint), the schedule applied to the optimizer, and the
+    checkpoint `out/checkpoint` that `resume` continues from exactly."""
+
+    def __init__(self, out: Path, checkpoint: str, schedule: Schedule, optimizer: torch.optim.Optimizer,
+                 writer: bool = True):
+        self.out, self.path, self.schedule, self.optimizer = Path(out), Path(out) / checkpoint, schedule, optimizer
+        self.writer = writer  # False on every rank but 0 of a distributed run
+        self.step, self.history = 0, []
+
+    def set_lr(self) -> float:
+        lr = self.schedule.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def check(self, loss: float) -> float:
+        """Stops the run on a NaN/inf loss, before the optimizer step spoils the weights."""
+        if not math.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(f"loss is {loss} at step {self.step}: training stopped; the last good "
+                                   f"checkpoint is {self.path}")
+        return loss
+
+    def record(self, **row) -> None:
+        """One finished optimizer step: its figures join the history."""
+        self.step += 1
+        self.history.append({"step": self.step, **row})
+
+    def progress(self, until: int, desc: str, enabled: bool = True) -> tqdm:
+        return tqdm(total=until, initial=self.step, desc=desc, unit="step", dynamic_ncols=True,
+                    disable=not (enabled and self.writer))
+
+    def save(self, state: dict) -> None:
+        """`state` (the job's weights, optimizer, RNG) plus step and history, written atomically,
+        and log.csv beside it."""
+        if not self.writer:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        payload = {**state, "step": self.step, "history": self.history}
+        atomic_write(self.path, lambda p: torch.save(payload, p))
+        rows = self.history
+        if rows:
+            text = ",".join(rows[0]) + "\n" + "".join(
+                ",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in r.values()) + "\n" for r in rows)
+            atomic_write(self.out / "log.csv", lambda p: Path(p).write_text(text))
+
+    def resume(self) -> dict:
+        """The saved state; step and history continue from it. A missing checkpoint is an error."""
+        if not self.path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {self.path}")
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        self.step, self.history = state["step"], state["history"]
+        return state
