@@ -10,7 +10,8 @@ import torch
 import vjepa_fast.jobs.train_ac as train_ac
 from vjepa_fast.jobs import plan
 from vjepa_fast.ac_model import ACConfig, ACPredictor
-from vjepa_fast.jobs.train_ac import TrainACConfig, ac_losses, learning_rate, parse_config, train
+from vjepa_fast.jobs.cli import parse
+from vjepa_fast.jobs.train_ac import TrainACConfig, ac_losses, train
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,8 @@ def data_dir(tmp_path_factory):
 
 
 def config(tmp_path, data_dir, **kw):
-    base = dict(out_dir=str(tmp_path), data_dir=str(data_dir), encoder_preset="tiny", predictor="ac-tiny",
-                clip_frames=4, batch_size=4, steps=8, warmup_steps=2, decay_steps=3, checkpoint_every=4, lr=2e-3)
+    base = dict(out=str(tmp_path), data_dir=str(data_dir), encoder_preset="tiny", predictor="ac-tiny",
+                clip_frames=4, batch_size=4, steps=8, warmup_steps=2, cooldown_steps=3, checkpoint_every=4, lr=2e-3)
     return TrainACConfig(**{**base, **kw})
 
 
@@ -35,7 +36,7 @@ def losses(path):
 
 
 def test_loss_falls(tmp_path, data_dir):
-    train(config(tmp_path, data_dir, steps=20, decay_steps=5))
+    train(config(tmp_path, data_dir, steps=20, cooldown_steps=5))
     curve = losses(tmp_path / "log.csv")
     assert len(curve) == 20
     assert sum(curve[-5:]) / 5 < 0.8 * sum(curve[:5]) / 5
@@ -58,7 +59,7 @@ def test_resume_is_exact(tmp_path, data_dir, monkeypatch):
         train(config(tmp_path / "resumed", data_dir))
     monkeypatch.setattr(train_ac, "ac_losses", real)
     assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["step"] == 4
-    resumed = train(config(tmp_path / "resumed", data_dir))
+    resumed = train(config(tmp_path / "resumed", data_dir, resume=True))
     a, b = (torch.load(p, weights_only=True)["predictor"] for p in (full, resumed))
     assert a.keys() == b.keys()
     for k in a:
@@ -85,40 +86,40 @@ def test_rollout_loss_feeds_predictions_back():
 
 
 def test_learning_rate_schedule():
-    c = TrainACConfig(steps=100, warmup_steps=10, decay_steps=20, lr=1e-3, start_lr=1e-4, final_lr=0.0)
-    assert learning_rate(0, c) == pytest.approx(1e-4)
-    assert learning_rate(10, c) == pytest.approx(1e-3) and learning_rate(79, c) == pytest.approx(1e-3)
-    assert learning_rate(90, c) == pytest.approx(5e-4)
+    s = TrainACConfig(steps=100, warmup_steps=10, cooldown_steps=20, lr=1e-3, start_lr=1e-4, final_lr=0.0).schedule()
+    assert s.lr_at(0) == pytest.approx(1e-4)
+    assert s.lr_at(10) == pytest.approx(1e-3) and s.lr_at(79) == pytest.approx(1e-3)
+    assert s.lr_at(89) == pytest.approx(5e-4) and s.lr_at(99) == pytest.approx(0.0)
 
 
 def test_cli_maps_onto_config():
-    c = parse_config(TrainACConfig, ["--steps", "3", "--no-cache-features", "--predictor", "ac-small"], "x")
-    assert (c.steps, c.cache_features, c.predictor) == (3, False, "ac-small")
+    c = parse(TrainACConfig, ["--steps", "300", "--no-cache-features", "--predictor", "ac-small"], "x", "")
+    assert (c.steps, c.cache_features, c.predictor) == (300, False, "ac-small")
     with pytest.raises(SystemExit) as e:
-        parse_config(TrainACConfig, ["--help"], "x")
+        parse(TrainACConfig, ["--help"], "x", "")
     assert e.value.code == 0
     with pytest.raises(ValueError, match="rollout_steps"):
         TrainACConfig(clip_frames=2, rollout_steps=2)
-    p = parse_config(plan.PlanConfig, ["--episodes", "2", "--samples", "16"], "x")
+    p = parse(plan.PlanConfig, ["--episodes", "2", "--samples", "16"], "x", "")
     assert (p.episodes, p.samples) == (2, 16)
 
 
 @pytest.mark.parametrize("cls,argv,message", [
     (TrainACConfig, ["--lr", "-1"], "lr must be > 0"),
-    (TrainACConfig, ["--warmup-steps", "-2"], "warmup_steps and decay_steps must be >= 0"),
+    (TrainACConfig, ["--warmup-steps", "-2"], "warmup_steps and cooldown_steps must be >= 0"),
     (plan.PlanConfig, ["--samples", "5", "--top-k", "10"], r"top_k must be in \[2, samples=5\]"),
 ])
 def test_bad_flags_are_usage_errors(capsys, cls, argv, message):
     """Rejected before any work starts, as an argparse error (exit 2) naming the field."""
     with pytest.raises(SystemExit) as e:
-        parse_config(cls, argv, "x")
+        parse(cls, argv, "x", "")
     assert e.value.code == 2
     assert re.search(message, capsys.readouterr().err)
 
 
 def test_plan_end_to_end(tmp_path, data_dir):
-    ckpt = train(config(tmp_path / "ac", data_dir, steps=4))
-    results = plan.run(plan.PlanConfig(checkpoint=str(ckpt), out_dir=str(tmp_path / "plan"), episodes=2, max_steps=2,
+    ckpt = train(config(tmp_path / "ac", data_dir, steps=5))
+    results = plan.run(plan.PlanConfig(checkpoint=str(ckpt), out=str(tmp_path / "plan"), episodes=2, max_steps=2,
                                        samples=8, top_k=2, iterations=2))
     for name in ("planner", "random"):
         assert 0.0 <= results[name]["success_rate"] <= 1.0 and results[name]["actions"] >= 2

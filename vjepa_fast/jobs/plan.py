@@ -5,7 +5,7 @@
 Without --checkpoint it uses CACHE_DIR/ac_predictor.pt, training one first with
 vjepa_fast.train_ac (sim trajectories, random-init tiny encoder) when it is missing. Then it runs
 EPISODES reach episodes with fixed seeds (episode i: env.reset(seed + i)) with the planner and
-with random actions, and writes to OUT_DIR: results.json, trajectory.png (the frames of the
+with random actions, and writes to OUT: results.json, trajectory.png (the frames of the
 first planned episode and its goal) and energy.png (energy per CEM iteration).
 
 CPU defaults: 100 samples, 5 iterations, horizon 2 (Meta: 400 samples, 10 iterations, horizon 2);
@@ -25,7 +25,8 @@ from vjepa_fast.ac_model import ACConfig, ACPredictor, encode_frames
 from vjepa_fast.model import VJEPA2Model
 from vjepa_fast.planner import CEMConfig, CEMPlanner, Episode, mpc_episode
 from vjepa_fast.worlds.sim import SimConfig, TabletopEnv
-from vjepa_fast.jobs.train_ac import TrainACConfig, parse_config, train
+from vjepa_fast.jobs import cli
+from vjepa_fast.jobs.train_ac import TrainACConfig, train
 
 
 @dataclass
@@ -34,7 +35,7 @@ class PlanConfig:
                                                           "CACHE_DIR/ac_predictor.pt, trained first if missing"})
     cache_dir: str = field(default="outputs/ac", metadata={"help": "where the default predictor is trained and kept"})
     train_steps: int = field(default=1200, metadata={"help": "optimizer steps when a predictor has to be trained"})
-    out_dir: str = field(default="outputs/plan", metadata={"help": "results.json, trajectory.png and energy.png go here"})
+    out: str = field(default="outputs/plan", metadata={"help": "results.json, trajectory.png and energy.png go here"})
     episodes: int = field(default=20, metadata={"help": "episodes for the planner and for the random baseline each"})
     seed: int = field(default=1000, metadata={"help": "episode i uses env.reset(seed + i); planning noise is seeded too"})
     max_steps: int = field(default=12, metadata={"help": "actions per episode before it is truncated"})
@@ -66,9 +67,9 @@ def load_models(config: PlanConfig) -> tuple[ACPredictor, VJEPA2Model]:
     if not path.exists():
         if config.checkpoint:
             raise FileNotFoundError(f"--checkpoint {path}: no such file")
-        print(f"no predictor at {path}: training one (python -m vjepa_fast.train_ac --out-dir {config.cache_dir})")
+        print(f"no predictor at {path}: training one (python -m vjepa_fast.train_ac --out {config.cache_dir})")
         steps = config.train_steps
-        path = train(TrainACConfig(out_dir=config.cache_dir, steps=steps, decay_steps=min(200, steps // 3),
+        path = train(TrainACConfig(out=config.cache_dir, steps=steps, cooldown_steps=min(200, steps // 3),
                                    warmup_steps=min(50, steps // 10 + 1)))
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     predictor = ACPredictor.from_meta_checkpoint(path, ACConfig(**ckpt["ac_config"])).eval()
@@ -126,7 +127,7 @@ def plot_energy(path: Path, episodes: list[Episode], top_k: int) -> None:
 
 
 def run(config: PlanConfig) -> dict:
-    out = Path(config.out_dir)
+    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     predictor, encoder = load_models(config)
     size = encoder.config.crop_size
@@ -152,14 +153,16 @@ def run(config: PlanConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_config(PlanConfig, argv, "Plan reaching on the built-in sim with V-JEPA 2-AC and CEM.")
-    results = run(config)
+    config = cli.parse(PlanConfig, argv, PROG, __doc__)
+    results = cli.run(run, config, PROG)
     for name in ("planner", "random"):
         r = results[name]
         print(f"{name:8s} success {r['success_rate'] * 100:5.1f}%  steps {r['mean_steps']:.1f}  "
               f"final distance {r['mean_final_distance'] * 100:.1f} cm  {r['seconds_per_action'] * 1e3:.1f} ms/action")
-    print(f"wrote {config.out_dir}/results.json, trajectory.png, energy.png")
+    print(f"wrote {config.out}/results.json, trajectory.png, energy.png")
 
+
+PROG = "python -m vjepa_fast.plan"
 
 if __name__ == "__main__":
     main()

@@ -13,12 +13,10 @@ AdamW with linear warm-up, constant, then linear decay of the learning rate.
 The frozen features are computed once (and cached on disk with --cache-features): the encoder
 never sees a gradient, so re-encoding every epoch is wasted work. Checkpoints are written
 atomically every --checkpoint-every steps and hold the optimizer and sampling RNG, so an
-interrupted run resumed with the same flags reproduces the uninterrupted one exactly.
+interrupted run continued with --resume and the same flags reproduces the uninterrupted one exactly.
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import dataclasses
 import json
 import time
@@ -32,6 +30,8 @@ from tqdm import tqdm
 
 from vjepa_fast.ac_model import AC_PRESETS, ACConfig, ACPredictor, encode_frames
 from vjepa_fast.files import atomic_write
+from vjepa_fast.jobs import cli
+from vjepa_fast.jobs.loop import Run, Schedule, param_groups
 from vjepa_fast.config import PRESETS, VJEPA2Config
 from vjepa_fast.model import VJEPA2Model
 from vjepa_fast.worlds.sim import SimConfig
@@ -40,18 +40,18 @@ from vjepa_fast.worlds.trajectories import generate_trajectories, list_trajector
 
 @dataclass
 class TrainACConfig:
-    out_dir: str = field(default="outputs/ac", metadata={"help": "checkpoints, CSV log, encoder and feature cache go here"})
+    out: str = field(default="outputs/ac", metadata={"help": "checkpoints, CSV log, encoder and feature cache go here"})
     data_dir: str = field(default="", metadata={"help": "trajectory directory (mp4 + npz pairs, see vjepa_fast.worlds.trajectories); "
-                                                        "empty: generate sim trajectories into OUT_DIR/trajectories"})
+                                                        "empty: generate sim trajectories into OUT/trajectories"})
     trajectories: int = field(default=300, metadata={"help": "number of sim trajectories to generate (without --data-dir)"})
     frames: int = field(default=8, metadata={"help": "frames per generated sim trajectory"})
     sim_task: str = field(default="reach", metadata={"help": "sim task the trajectories come from: reach or push"})
     encoder: str = field(default="", metadata={"help": "frozen encoder: a checkpoint directory (transformers format) or "
-                                                       "hub id; empty: a random-init ENCODER_PRESET model saved to OUT_DIR/encoder"})
+                                                       "hub id; empty: a random-init ENCODER_PRESET model saved to OUT/encoder"})
     encoder_preset: str = field(default="tiny", metadata={"help": f"encoder preset when --encoder is empty: {sorted(PRESETS)}"})
     predictor: str = field(default="ac-tiny", metadata={"help": f"AC predictor preset: {sorted(AC_PRESETS)}; enc_dim and "
                                                                  "grid are taken from the encoder"})
-    cache_features: bool = field(default=True, metadata={"help": "cache the frozen features in OUT_DIR/features.pt"})
+    cache_features: bool = field(default=True, metadata={"help": "cache the frozen features in OUT/features.pt"})
     clip_frames: int = field(default=4, metadata={"help": "frames per training clip (windows cut from longer trajectories)"})
     rollout_steps: int = field(default=2, metadata={"help": "predictions in the rollout loss (Meta's auto_steps)"})
     batch_size: int = field(default=16, metadata={"help": "clips per step"})
@@ -60,14 +60,14 @@ class TrainACConfig:
     start_lr: float = field(default=1e-4, metadata={"help": "learning rate at step 0 (linear warm-up to LR)"})
     final_lr: float = field(default=1e-5, metadata={"help": "learning rate at the last step (linear decay from LR)"})
     warmup_steps: int = field(default=50, metadata={"help": "warm-up steps"})
-    decay_steps: int = field(default=200, metadata={"help": "decay steps at the end of training"})
+    cooldown_steps: int = field(default=200, metadata={"help": "final linear decay from lr to final_lr"})
     weight_decay: float = field(default=0.04, metadata={"help": "AdamW weight decay (biases and norms excluded)"})
     seed: int = field(default=0, metadata={"help": "seed for data, initialisation and batch sampling"})
-    checkpoint_every: int = field(default=200, metadata={"help": "write OUT_DIR/checkpoint.pt every this many steps"})
-    resume: bool = field(default=True, metadata={"help": "resume from OUT_DIR/checkpoint.pt when it exists"})
+    checkpoint_every: int = field(default=200, metadata={"help": "write OUT/checkpoint.pt every this many steps"})
+    resume: bool = field(default=False, metadata={"help": "continue exactly from OUT/checkpoint.pt"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute block activations in the "
                                                                           "backward pass (less memory, for ac-vitg)"})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu or cuda"})
 
     def __post_init__(self):
         for name in ("trajectories", "frames", "batch_size", "steps", "checkpoint_every", "rollout_steps"):
@@ -83,33 +83,12 @@ class TrainACConfig:
         if not (self.lr > 0 and self.start_lr >= 0 and self.final_lr >= 0 and self.weight_decay >= 0):
             raise ValueError(f"TrainACConfig: lr must be > 0 and start_lr, final_lr, weight_decay >= 0, got "
                              f"{self.lr}, {self.start_lr}, {self.final_lr}, {self.weight_decay}")
-        if self.warmup_steps < 0 or self.decay_steps < 0:
-            raise ValueError(f"TrainACConfig: warmup_steps and decay_steps must be >= 0, got "
-                             f"{self.warmup_steps} and {self.decay_steps}")
+        if self.warmup_steps < 0 or self.cooldown_steps < 0 or self.warmup_steps + self.cooldown_steps > self.steps:
+            raise ValueError(f"TrainACConfig: warmup_steps and cooldown_steps must be >= 0 and fit in steps, got "
+                             f"{self.warmup_steps}, {self.cooldown_steps} and {self.steps}")
 
-
-# ---- dataclass <-> command line (one flag per field) ------------------------------------------
-
-def build_parser(cls, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    types = {"int": int, "float": float, "str": str}
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
-        else:
-            kind = types[f.type.replace(" | None", "")]
-            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
-    return parser
-
-
-def parse_config(cls, argv: list[str] | None, description: str):
-    """Flags -> the dataclass; a value its checks reject is a usage error naming the field."""
-    parser = build_parser(cls, description)
-    try:
-        return cls(**vars(parser.parse_args(argv)))
-    except ValueError as e:
-        parser.error(str(e))
+    def schedule(self) -> Schedule:
+        return Schedule(self.steps, self.lr, self.start_lr, self.final_lr, self.warmup_steps, self.cooldown_steps)
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -118,7 +97,7 @@ def load_encoder(config: TrainACConfig) -> tuple[VJEPA2Model, str]:
     """The frozen encoder and the path it can be reloaded from (a random-init one is saved once)."""
     if config.encoder:
         return VJEPA2Model.from_pretrained(config.encoder).eval(), config.encoder
-    path = Path(config.out_dir) / "encoder"
+    path = Path(config.out) / "encoder"
     if (path / "config.json").exists():
         return VJEPA2Model.from_pretrained(str(path)).eval(), str(path)
     torch.manual_seed(config.seed)
@@ -131,7 +110,7 @@ def load_features(config: TrainACConfig, encoder: VJEPA2Model, encoder_path: str
     """{"features": (M, T, P, D), "states": (M, T, 7), "actions": (M, T-1, 7)} for M trajectories of
     T frames (all trajectories must have the same length). Cached on disk when asked, keyed on
     the encoder and data directory so a stale cache is never used."""
-    out = Path(config.out_dir)
+    out = Path(config.out)
     data_dir = Path(config.data_dir) if config.data_dir else out / "trajectories"
     cache = out / "features.pt"
     source = f"{Path(encoder_path).resolve()}|{data_dir.resolve()}"
@@ -197,23 +176,6 @@ def ac_losses(model: ACPredictor, h: Tensor, actions: Tensor, states: Tensor, ro
     return tf_loss, rollout_loss
 
 
-def learning_rate(step: int, c: TrainACConfig) -> float:
-    """Linear warm-up start_lr -> lr, constant, linear decay lr -> final_lr over the last decay_steps."""
-    if step < c.warmup_steps:
-        return c.start_lr + (c.lr - c.start_lr) * step / c.warmup_steps
-    decay_start = c.steps - c.decay_steps
-    if step >= decay_start and c.decay_steps > 0:
-        return c.lr + (c.final_lr - c.lr) * (step - decay_start) / c.decay_steps
-    return c.lr
-
-
-def make_optimizer(model: ACPredictor, c: TrainACConfig) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.dim() <= 1]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=c.start_lr, betas=(0.9, 0.999))
-
-
 def predictor_config(c: TrainACConfig, encoder: VJEPA2Model) -> ACConfig:
     e = encoder.config
     return ACConfig(**{**AC_PRESETS[c.predictor], "enc_dim": e.hidden_size, "grid_h": e.grid_size, "grid_w": e.grid_size,
@@ -230,11 +192,11 @@ def save_final(path: Path, model: ACPredictor, encoder_path: str) -> None:
 # ---- training -----------------------------------------------------------------------------------
 
 def train(config: TrainACConfig) -> Path:
-    """Trains and returns the path of the final predictor file OUT_DIR/ac_predictor.pt."""
+    """Trains and returns the path of the final predictor file OUT/ac_predictor.pt."""
     c = config
-    out = Path(c.out_dir)
+    out = Path(c.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(c.device)
+    device = cli.resolve_device(c.device)
     encoder, encoder_path = load_encoder(c)
     data = load_features(c, encoder, encoder_path)
     data = {k: v.to(device) for k, v in data.items()}
@@ -243,52 +205,47 @@ def train(config: TrainACConfig) -> Path:
     torch.manual_seed(c.seed)
     model = ACPredictor(ac_config).to(device)
     model.gradient_checkpointing = c.gradient_checkpointing
-    optimizer = make_optimizer(model, c)
+    optimizer = torch.optim.AdamW(param_groups(model, c.weight_decay), lr=c.start_lr, betas=(0.9, 0.999))
+    run = Run(out, "checkpoint.pt", c.schedule(), optimizer)
     generator = torch.Generator().manual_seed(c.seed)
-    step = 0
-    ckpt_path, log_path = out / "checkpoint.pt", out / "log.csv"
-    if c.resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"], strict=True)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        generator.set_state(ckpt["generator"])
-        step = int(ckpt["step"])
-        # Rows logged after that checkpoint are re-done: drop them so every step appears once.
-        rows = log_path.read_text().splitlines()
-        log_path.write_text("\n".join(r for r in rows if not r[0].isdigit() or int(r.split(",")[0]) <= step) + "\n")
-    if step == 0:
-        log_path.write_text("step,loss,teacher_forcing,rollout,lr,seconds\n")
+    if c.resume:
+        state = run.resume()
+        model.load_state_dict(state["model"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+    else:
         (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(c), indent=2))
     model.train()
     start = time.perf_counter()
-    bar = tqdm(range(step, c.steps), initial=step, total=c.steps, desc="train_ac")
-    for step in bar:
-        lr = learning_rate(step, c)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    bar = run.progress(c.steps, "train_ac")
+    while run.step < c.steps:
+        lr = run.set_lr()
         h, actions, states = sample_batch(data, c, generator)
         tf_loss, rollout_loss = ac_losses(model, h, actions, states, c.rollout_steps)
         loss = tf_loss + rollout_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        run.check(loss.item())
         optimizer.step()
+        run.record(loss=loss.item(), teacher_forcing=tf_loss.item(), rollout=rollout_loss.item(), lr=lr,
+                   seconds=time.perf_counter() - start)
+        bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        with open(log_path, "a", newline="") as f:
-            csv.writer(f).writerow([step + 1, f"{loss.item():.6f}", f"{tf_loss.item():.6f}",
-                                    f"{rollout_loss.item():.6f}", f"{lr:.3e}", f"{time.perf_counter() - start:.2f}"])
-        if (step + 1) % c.checkpoint_every == 0 or step + 1 == c.steps:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "generator": generator.get_state(), "step": step + 1}
-            atomic_write(ckpt_path, lambda p: torch.save(state, p))
+        if run.step % c.checkpoint_every == 0 or run.step == c.steps:
+            run.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "generator": generator.get_state()})
+    bar.close()
     final = out / "ac_predictor.pt"
     save_final(final, model.eval(), encoder_path)
     return final
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_config(TrainACConfig, argv, "Post-train a V-JEPA 2-AC predictor on a frozen encoder.")
-    print(f"wrote {train(config)}")
+    config = cli.parse(TrainACConfig, argv, PROG, __doc__)
+    print(f"wrote {cli.run(train, config, PROG)}")
 
+
+PROG = "python -m vjepa_fast.train_ac"
 
 if __name__ == "__main__":
     main()
