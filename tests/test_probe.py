@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from vjepa_fast.jobs import probe
+from vjepa_fast.jobs import loop, probe
 from vjepa_fast import VJEPA2ClassifierConfig, VJEPA2Config, VJEPA2ForVideoClassification
 from vjepa_fast.worlds.physics import PhysicsConfig, generate_clip, write_mp4
 from vjepa_fast.jobs.probe import ProbeConfig, run, spatial_views, window_indices
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_probe_learns_the_physics_task_and_its_classifier_runs_in_transformers(tmp_path):
-    config = ProbeConfig(out_dir=str(tmp_path), **{**SMALL, "save_classifier": True})
+    config = ProbeConfig(out=str(tmp_path), **{**SMALL, "save_classifier": True})
     metrics = run(config)
     losses = [h["train_loss"] for h in metrics["history"]]
     assert losses[-1] < 0.75 * losses[0]
@@ -48,7 +48,7 @@ def test_probe_learns_the_physics_task_and_its_classifier_runs_in_transformers(t
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run_and_reuses_features(tmp_path, monkeypatch):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    run(ProbeConfig(out_dir=str(whole), **{**SMALL, "epochs": 3}))
+    run(ProbeConfig(out=str(whole), **{**SMALL, "epochs": 3}))
     broken.mkdir()
     for name in ("features_train.safetensors", "features_test.safetensors"):
         shutil.copy(whole / name, broken / name)
@@ -56,18 +56,18 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run_and_reuses_features(t
     def no_extraction(*args):
         raise AssertionError("features were extracted again although the cache matches")
     monkeypatch.setattr(probe, "video_pixels", no_extraction)
-    real_write = probe.atomic_write
+    real_write = loop.atomic_write
 
     def crash_after_first_epoch(path, write):
         real_write(path, write)
         if path.name == "state.pt":
             raise KeyboardInterrupt
-    monkeypatch.setattr(probe, "atomic_write", crash_after_first_epoch)
+    monkeypatch.setattr(loop, "atomic_write", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
-        run(ProbeConfig(out_dir=str(broken), **{**SMALL, "epochs": 3}))
+        run(ProbeConfig(out=str(broken), **{**SMALL, "epochs": 3}))
     assert torch.load(broken / "state.pt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(probe, "atomic_write", real_write)
-    metrics = run(ProbeConfig(out_dir=str(broken), resume=True, **{**SMALL, "epochs": 3}))
+    monkeypatch.setattr(loop, "atomic_write", real_write)
+    metrics = run(ProbeConfig(out=str(broken), resume=True, **{**SMALL, "epochs": 3}))
 
     expected = torch.load(whole / "state.pt", weights_only=True)
     got = torch.load(broken / "state.pt", weights_only=True)
@@ -78,8 +78,8 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run_and_reuses_features(t
 
 
 def test_changed_settings_extract_again(tmp_path):
-    run(ProbeConfig(out_dir=str(tmp_path), **{**SMALL, "epochs": 0, "physics_train": 4, "physics_test": 4}))
-    run(ProbeConfig(out_dir=str(tmp_path), **{**SMALL, "epochs": 0, "physics_train": 4, "physics_test": 4, "clips": 3}))
+    run(ProbeConfig(out=str(tmp_path), **{**SMALL, "epochs": 0, "physics_train": 4, "physics_test": 4}))
+    run(ProbeConfig(out=str(tmp_path), **{**SMALL, "epochs": 0, "physics_train": 4, "physics_test": 4, "clips": 3}))
     from safetensors.torch import load_file
     assert load_file(tmp_path / "features_test.safetensors")["features"].shape[:2] == (4, 3)
 
@@ -101,7 +101,7 @@ def test_video_folder_and_csv_with_clips_and_views(tmp_path):
     write_video(tmp_path / "test" / "b.mp4", seed=101)
     (tmp_path / "test.csv").write_text("path,label\ntest/a.mp4,right\ntest/b.mp4,left\n")
     config = ProbeConfig(data=str(tmp_path / "train"), test_data=str(tmp_path / "test.csv"),
-                         out_dir=str(tmp_path / "out"), frames=2, clips=2, views=3, epochs=1, batch_size=4,
+                         out=str(tmp_path / "out"), frames=2, clips=2, views=3, epochs=1, batch_size=4,
                          feature_dtype="float32", save_classifier=False)
     metrics = run(config)
     assert metrics["labels"] == ["left", "right"] and metrics["num_train"] == 6 and metrics["num_test"] == 2
@@ -149,7 +149,7 @@ def test_unknown_label_in_csv_is_named(tmp_path):
 def test_num_labels_mismatch_with_the_checkpoint_is_named(tmp_path):
     config = VJEPA2ClassifierConfig.from_encoder(VJEPA2Config.from_name("tiny"), ["1 ball", "2 balls"])
     VJEPA2ForVideoClassification(config).save_pretrained(str(tmp_path / "ckpt"))
-    bad = ProbeConfig(model=str(tmp_path / "ckpt"), out_dir=str(tmp_path / "out"), **SMALL)
+    bad = ProbeConfig(model=str(tmp_path / "ckpt"), out=str(tmp_path / "out"), **SMALL)
     with pytest.raises(ValueError, match="num_labels=2 but the data has 3 classes"):
         run(bad)
 
@@ -170,5 +170,5 @@ def test_cli_flags_are_the_config_fields(capsys):
 
 def test_missing_data_is_one_line_error(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        probe.main(["--data", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path / "out")])
+        probe.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
     assert "python -m vjepa_fast.probe: error: data: expected a folder of class sub-folders" in str(exit_info.value.code)

@@ -64,8 +64,9 @@ class Run:
         self.writer = writer  # False on every rank but 0 of a distributed run
         self.step, self.history = 0, []
 
-    def set_lr(self) -> float:
-        lr = self.schedule.lr_at(self.step)
+    def set_lr(self, step: int | None = None) -> float:
+        """The schedule's rate at `step` (default: the run's step) on every parameter group."""
+        lr = self.schedule.lr_at(self.step if step is None else step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr

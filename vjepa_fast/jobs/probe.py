@@ -1,23 +1,22 @@
 """Attentive probe: train VJEPA2ForVideoClassification's head on frozen encoder features.
 
     python -m vjepa_fast.probe                       # embedded task on a random tiny encoder (CPU, minutes)
-    python -m vjepa_fast.probe --data videos/ --model facebook/vjepa2-vitl-fpc16-256 --out-dir runs/mine
+    python -m vjepa_fast.probe --data videos/ --model facebook/vjepa2-vitl-fpc16-256 --out runs/mine
     python -m vjepa_fast.probe --data train.csv --test-data val.csv --resume
 
 Data: a folder with one sub-folder of videos per class, or a CSV of `path,label` rows (paths
 relative to the CSV, optional `path,label` header). Without --data: labelled physics clips, the
 label being the number of balls. Each video gives `clips` temporal windows x `views` spatial
-crops; the encoder sees each once, and the features are cached in out_dir/features_*.safetensors
+crops; the encoder sees each once, and the features are cached in OUT/features_*.safetensors
 (reused while the settings match). Training draws one window/view per video per epoch; testing
 averages the logits over all of them.
 
-Writes to out_dir: state.pt (written atomically every epoch; --resume continues from it),
+Writes to OUT: state.pt (written atomically every epoch; --resume continues from it), log.csv,
 metrics.json, confusion.png and classifier/ (a checkpoint transformers'
 VJEPA2ForVideoClassification.from_pretrained reads).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import hashlib
@@ -32,6 +31,8 @@ from tqdm import tqdm
 
 from vjepa_fast.checkpoints import resolve
 from vjepa_fast.files import atomic_write
+from vjepa_fast.jobs import cli
+from vjepa_fast.jobs.loop import Run, Schedule, param_groups
 from vjepa_fast.classifier import VJEPA2ForVideoClassification, classification_loss
 from vjepa_fast.config import DTYPES, PRESETS, VJEPA2Config
 from vjepa_fast.model import VJEPA2Model
@@ -53,7 +54,7 @@ class ProbeConfig:
                                                      "empty: a random encoder of --preset"})
     preset: str = field(default="tiny", metadata={"help": f"random encoder size when --model is empty: "
                                                           f"one of {sorted(PRESETS)}"})
-    out_dir: str = field(default="outputs/probe", metadata={"help": "where features, state and results go"})
+    out: str = field(default="outputs/probe", metadata={"help": "where features, state and results go"})
     frames: int = field(default=0, metadata={"help": "frames per clip; 0: the model's frames_per_clip"})
     frame_step: int = field(default=1, metadata={"help": "take every N-th frame of the video"})
     clips: int = field(default=2, metadata={"help": "temporal clips per video, evenly spaced"})
@@ -68,8 +69,8 @@ class ProbeConfig:
     device: str = field(default="auto", metadata={"help": "torch device; auto: cuda when available, else cpu"})
     seed: int = field(default=0, metadata={"help": "seed of the random encoder, the split, the data order "
                                                    "and the physics clips"})
-    resume: bool = field(default=False, metadata={"help": "continue from out_dir/state.pt when it exists"})
-    save_classifier: bool = field(default=True, metadata={"help": "write out_dir/classifier (encoder + head)"})
+    resume: bool = field(default=False, metadata={"help": "continue exactly from OUT/state.pt"})
+    save_classifier: bool = field(default=True, metadata={"help": "write OUT/classifier (encoder + head)"})
     physics_train: int = field(default=240, metadata={"help": "physics task: training clips"})
     physics_test: int = field(default=96, metadata={"help": "physics task: test clips"})
     physics_frames: int = field(default=16, metadata={"help": "physics task: frames per generated video"})
@@ -368,25 +369,10 @@ def plot_confusion(confusion: Tensor, names: list[str], top1: float, path: Path)
     plt.close(fig)
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return factor
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def run(config: ProbeConfig) -> dict:
     """Extract (or reuse) features, train the head, evaluate; returns the metrics it writes."""
-    device = resolve_device(config.device)
-    out = Path(config.out_dir)
+    device = cli.resolve_device(config.device)
+    out = Path(config.out)
     train_set, test_set, names = load_data(config)
     model = load_model(config, names)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -394,53 +380,45 @@ def run(config: ProbeConfig) -> dict:
     train_x, train_y = cached_features(model, train_set, names, config, out / "features_train.safetensors", device)
     test_x, test_y = cached_features(model, test_set, names, config, out / "features_test.safetensors", device)
 
-    head = [*model.pooler.parameters(), *model.classifier.parameters()]
-    for p in head:
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW([{"params": [p for p in head if p.dim() >= 2], "weight_decay": config.weight_decay},
-                                   {"params": [p for p in head if p.dim() < 2], "weight_decay": 0.0}], lr=config.lr)
+    head = torch.nn.ModuleList([model.pooler, model.classifier]).requires_grad_(True)
+    optimizer = torch.optim.AdamW(param_groups(head, config.weight_decay), lr=config.lr)
     steps = math.ceil(len(train_y) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(config.warmup_epochs * steps, config.epochs * steps))
+    schedule = Schedule(config.epochs * steps, config.lr, warmup_steps=config.warmup_epochs * steps, cosine=True)
+    run = Run(out, "state.pt", schedule, optimizer)  # run.step counts epochs, the schedule batches
     key = fingerprint(config, train_set, names, config.frames or model.config.frames_per_clip)
-    state_path = out / "state.pt"
-    start, history = 0, []
-    if config.resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    if config.resume:
+        state = run.resume()
         if state["names"] != names or state["fingerprint"] != key:
-            raise ValueError(f"resume: {state_path} was trained on other labels or features "
-                             f"(labels {state['names']} vs {names}); use another --out-dir or drop --resume")
+            raise ValueError(f"resume: {run.path} was trained on other labels or features "
+                             f"(labels {state['names']} vs {names}); use another --out or drop --resume")
         model.pooler.load_state_dict(state["pooler"])
         model.classifier.load_state_dict(state["classifier"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, history = state["epoch"], state["history"]
-        print(f"resumed from {state_path} after epoch {start}")
-    elif config.resume:
-        print(f"resume: no {state_path} yet; starting from scratch")
+        print(f"resumed from {run.path} after epoch {run.step}")
 
     V = train_x.shape[1]
-    for epoch in range(start, config.epochs):
+    while run.step < config.epochs:
+        epoch = run.step
         # One generator per epoch: a resumed run draws the same batches as an uninterrupted one.
         g = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         order = torch.randperm(len(train_y), generator=g)
         view = torch.randint(V, (len(train_y),), generator=g)
         losses = []
-        for batch in tqdm(order.split(config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False):
+        for i, batch in enumerate(tqdm(order.split(config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
+                                       leave=False)):
+            run.set_lr(epoch * steps + i)
             x = train_x[batch, view[batch]].to(device, torch.float32)  # (b, N, D)
             loss = classification_loss(model.classify(x), train_y[batch].to(device), model.config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            losses.append(run.check(loss.item()))
             optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
         top1 = (predict(model, test_x, device, config.batch_size).argmax(-1) == test_y).float().mean().item()
-        history.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "test_top1": top1})
-        print(f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, test top-1 {100 * top1:.1f}%")
-        state = {"epoch": epoch + 1, "history": history, "names": names, "fingerprint": key,
-                 "pooler": model.pooler.state_dict(), "classifier": model.classifier.state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-        atomic_write(state_path, lambda p: torch.save(state, p))
+        run.record(train_loss=sum(losses) / len(losses), test_top1=top1)
+        print(f"epoch {run.step}: train loss {run.history[-1]['train_loss']:.4f}, test top-1 {100 * top1:.1f}%")
+        run.save({"epoch": run.step, "names": names, "fingerprint": key, "optimizer": optimizer.state_dict(),
+                  "pooler": model.pooler.state_dict(), "classifier": model.classifier.state_dict()})
+    history = run.history
 
     predictions = predict(model, test_x, device, config.batch_size).argmax(-1)
     confusion = confusion_matrix(test_y, predictions, len(names))
@@ -458,29 +436,15 @@ def run(config: ProbeConfig) -> dict:
     return metrics
 
 
+PROG = "python -m vjepa_fast.probe"
+
+
 def parse_args(argv: list[str] | None = None) -> ProbeConfig:
-    parser = argparse.ArgumentParser(prog="python -m vjepa_fast.probe", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(ProbeConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default,
-                                help=f"{f.metadata['help']} (default: {f.default!r})")
-    args = parser.parse_args(argv)
-    try:
-        return ProbeConfig(**vars(args))
-    except ValueError as e:
-        parser.error(str(e))
+    return cli.parse(ProbeConfig, argv, PROG, __doc__)
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_args(argv)
-    try:
-        run(config)
-    except (FileNotFoundError, ValueError) as e:  # bad data or checkpoint: one line, no traceback
-        raise SystemExit(f"python -m vjepa_fast.probe: error: {e}") from None
+    cli.run(run, parse_args(argv), PROG)
 
 
 if __name__ == "__main__":
