@@ -9,7 +9,6 @@ Each video becomes one tensor, get_vision_features' output (1, N, D), keyed by i
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -22,6 +21,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from vjepa_fast.files import atomic_write
+from vjepa_fast.jobs import cli
 from vjepa_fast.config import DTYPES, ROPE_GRIDS, VJEPA2Config
 from vjepa_fast.model import VJEPA2Model
 from vjepa_fast.video import ClipSampling, ProcessorConfig, VideoProcessor, load_clip
@@ -30,18 +30,22 @@ from vjepa_fast.video import ClipSampling, ProcessorConfig, VideoProcessor, load
 
 @dataclass
 class ExtractConfig:
-    videos: list[str] = field(default_factory=list)
-    model: str | None = None
-    out: str = "features.safetensors"
-    num_frames: int = 64
-    frame_step: int | None = None
-    fps: float | None = None
-    uniform: bool = False
-    start_frame: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-    rope_grid: str | None = None
-    demo: bool = False
+    videos: list[str] = field(default_factory=list, metadata={"help": "video files to encode"})
+    model: str | None = field(default=None, metadata={"help": "checkpoint directory (config.json + "
+                                                               "model.safetensors) or hub id"})
+    out: str = field(default="features.safetensors", metadata={"help": "the .safetensors file to write"})
+    num_frames: int = field(default=64, metadata={"help": "frames per clip"})
+    frame_step: int | None = field(default=None, metadata={"help": "take every N-th frame (unset: 1)"})
+    fps: float | None = field(default=None, metadata={"help": "sample at this rate instead (step = ceil(video "
+                                                               "fps) // fps)"})
+    uniform: bool = field(default=False, metadata={"help": "spread the frames evenly over the whole video instead"})
+    start_frame: int = field(default=0, metadata={"help": "first frame of the clip"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu or cuda"})
+    dtype: str = field(default="float32", metadata={"help": f"model and feature dtype: {sorted(DTYPES)}"})
+    rope_grid: str | None = field(default=None, metadata={"help": "token position grid: 'config' (transformers) "
+                                                                   "or 'input' (Meta); unset: the checkpoint's"})
+    demo: bool = field(default=False, metadata={"help": "generate a short MP4 and a random tiny model, extract, "
+                                                        "print the shape (no downloads)"})
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -83,14 +87,15 @@ def extract(config: ExtractConfig, model: VJEPA2Model | None = None) -> dict[str
     if model is None:
         model = VJEPA2Model.from_pretrained(config.model, config.rope_grid)
     dtype = DTYPES[config.dtype]
-    model = model.to(device=config.device, dtype=dtype).eval()
+    device = cli.resolve_device(config.device)
+    model = model.to(device=device, dtype=dtype).eval()
     processor = VideoProcessor(ProcessorConfig(crop_size=model.config.crop_size))
     sampling = config.sampling()
     features, sources = {}, {}
     keys = feature_keys(config.videos)
     for key, video in tqdm(list(zip(keys, config.videos)), desc="extract", unit="video"):
         clip = load_clip(video, sampling)
-        pixels = processor(clip.frames.to(config.device))[None].to(dtype)  # (1, T, 3, crop, crop)
+        pixels = processor(clip.frames.to(device))[None].to(dtype)  # (1, T, 3, crop, crop)
         with torch.inference_mode():
             features[key] = model.get_vision_features(pixels).cpu().contiguous()  # (1, N, D)
         sources[key] = {"path": str(video), "frame_indices": clip.indices.tolist(),
@@ -140,40 +145,12 @@ def demo(config: ExtractConfig) -> dict[str, Tensor]:
     return features
 
 
-def parse_args(argv: list[str] | None = None) -> ExtractConfig:
-    p = argparse.ArgumentParser(prog="python -m vjepa_fast.extract", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("videos", nargs="*", metavar="VIDEO", help="video files to encode")
-    p.add_argument("--model", help="checkpoint directory (config.json + model.safetensors) or hub id")
-    p.add_argument("--out", default=ExtractConfig.out, help="the .safetensors file to write")
-    p.add_argument("--num-frames", type=int, default=ExtractConfig.num_frames, help="frames per clip")
-    p.add_argument("--frame-step", type=int, help="take every N-th frame (default 1)")
-    p.add_argument("--fps", type=float, help="sample at this rate instead (step = ceil(video fps) // fps)")
-    p.add_argument("--uniform", action="store_true", help="spread the frames evenly over the whole video instead")
-    p.add_argument("--start-frame", type=int, default=ExtractConfig.start_frame, help="first frame of the clip")
-    p.add_argument("--device", default=ExtractConfig.device, help="torch device to run the encoder on")
-    p.add_argument("--dtype", default=ExtractConfig.dtype, choices=sorted(DTYPES), help="model and feature dtype")
-    p.add_argument("--rope-grid", choices=ROPE_GRIDS,
-                   help="token position grid: 'config' (transformers) or 'input' (Meta); default: the checkpoint's")
-    p.add_argument("--demo", action="store_true",
-                   help="generate a short MP4 and a random tiny model, extract, print the shape (no downloads)")
-    args = p.parse_args(argv)
-    try:
-        return ExtractConfig(**vars(args))
-    except ValueError as e:  # a value the config rejects is a usage error, not a crash
-        p.error(str(e))
+PROG = "python -m vjepa_fast.extract"
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_args(argv)
-    try:
-        if config.demo:
-            demo(config)
-        else:
-            extract(config)
-    except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
-        # Bad inputs (a missing or undecodable video, a wrong checkpoint): one line, no traceback.
-        raise SystemExit(f"python -m vjepa_fast.extract: error: {e}") from None
+    config = cli.parse(ExtractConfig, argv, PROG, __doc__)
+    cli.run(demo if config.demo else extract, config, PROG)
 
 
 if __name__ == "__main__":

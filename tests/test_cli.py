@@ -1,0 +1,71 @@
+"""Every job's command line comes from its config dataclass, with the same flag names and
+defaults across jobs."""
+import dataclasses
+
+import pytest
+
+from vjepa_fast.jobs import cli, extract, plan, probe, train, train_ac
+from vjepa_fast.jobs.extract import ExtractConfig
+from vjepa_fast.jobs.plan import PlanConfig
+from vjepa_fast.jobs.probe import ProbeConfig
+from vjepa_fast.jobs.train_ac import TrainACConfig
+from vjepa_fast.jobs.train_config import TrainConfig
+
+JOBS = [(TrainConfig, train), (TrainACConfig, train_ac), (PlanConfig, plan), (ProbeConfig, probe), (ExtractConfig, extract)]
+
+
+@pytest.mark.parametrize("cls,job", JOBS, ids=[c.__name__ for c, _ in JOBS])
+def test_every_field_is_one_documented_flag(cls, job, capsys):
+    parser = cli.build_parser(cls, "prog", "")
+    actions = [a for a in parser._actions if a.dest != "help"]
+    assert sorted(a.dest for a in actions) == sorted(f.name for f in dataclasses.fields(cls))
+    assert all(a.help for a in actions)
+    with pytest.raises(SystemExit) as e:
+        job.main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(cls):
+        if f.type == "bool":
+            assert f"--{f.name.replace('_', '-')}" in text and f"--no-{f.name.replace('_', '-')}" in text
+
+
+@pytest.mark.parametrize("cls", [c for c, _ in JOBS], ids=[c.__name__ for c, _ in JOBS])
+def test_shared_flags_mean_the_same_everywhere(cls):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    assert "out" in names and "out_dir" not in names
+    if "device" in names:
+        assert names["device"].default == "auto"
+    if "resume" in names:
+        assert names["resume"].default is False
+
+
+def test_types_bools_and_positionals_are_parsed():
+    c = cli.parse(ExtractConfig, ["a.mp4", "b.mp4", "--model", "m", "--fps", "2.5", "--no-uniform"], "prog", "")
+    assert (c.videos, c.model, c.fps, c.uniform, c.frame_step) == (["a.mp4", "b.mp4"], "m", 2.5, False, None)
+    c = cli.parse(TrainACConfig, ["--no-cache-features", "--steps", "400"], "prog", "")
+    assert (c.cache_features, c.steps) == (False, 400)
+
+
+def test_a_rejected_value_is_a_one_line_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.parse(ProbeConfig, ["--clips", "0"], "prog", "")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "prog: error: clips must be a positive int" in err and "Traceback" not in err
+
+
+def test_bad_input_while_running_is_one_line(capsys):
+    def job(config):
+        raise FileNotFoundError("data: no such folder")
+    with pytest.raises(SystemExit) as e:
+        cli.run(job, None, "prog")
+    assert e.value.code == "prog: error: data: no such folder"
+
+
+@pytest.mark.parametrize("name,message", [("gpu", "must be auto, cpu, cuda or cuda:N"), ("cuda:0", "no CUDA device")])
+def test_device_names_are_checked(name, message):
+    import torch
+    if name.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(ValueError, match=message):
+        cli.resolve_device(name)
+    assert cli.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
