@@ -50,7 +50,7 @@ def test_a_rejected_value_is_a_one_line_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         cli.parse(ProbeConfig, ["--clips", "0"], "prog", "")
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "prog: error: clips must be a positive int" in err and "Traceback" not in err
+    assert e.value.code == 2 and "prog: error: --clips must be an int >= 1" in err and "Traceback" not in err
 
 
 def test_bad_input_while_running_is_one_line(capsys):

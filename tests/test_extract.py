@@ -99,7 +99,7 @@ def test_feature_keys_sanitised_and_unique():
     (dict(model="m"), "videos: give at least one video"),
     (dict(videos=["a.mp4"]), "model: give a checkpoint"),
     (dict(videos=["a.mp4"], model="m", dtype="int8"), "dtype must be one of"),
-    (dict(videos=["a.mp4"], model="m", rope_grid="grid"), "rope_grid must be one of"),
+    (dict(videos=["a.mp4"], model="m", rope_grid="grid"), "--rope-grid must be one of"),
     (dict(videos=["a.mp4"], model="m", num_frames=0), "num_frames must be an int >= 1"),
     (dict(videos=["a.mp4"], model="m", fps=4, frame_step=2), "frame_step and fps are exclusive"),
     (dict(demo=True, model="m"), "demo makes its own video and model"),

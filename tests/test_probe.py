@@ -165,7 +165,7 @@ def test_cli_flags_are_the_config_fields(capsys):
     assert parsed == ProbeConfig(clips=3, save_classifier=False, lr=0.01)
     with pytest.raises(SystemExit):
         probe.parse_args(["--clips", "0"])
-    assert "clips must be a positive int" in capsys.readouterr().err
+    assert "--clips must be an int >= 1" in capsys.readouterr().err
 
 
 def test_missing_data_is_one_line_error(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from typing import Callable, TypeVar
 
 import torch
@@ -51,6 +52,23 @@ def parse(cls: type[Config], argv: list[str] | None, prog: str, description: str
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def check_fields(config, at_least_1=(), at_least_0=(), numbers=(), choices=None) -> None:
+    """The checks every job config makes: ints with a lower bound, finite numbers >= 0, names
+    from a list. The error names the flag."""
+    for low, names in ((1, at_least_1), (0, at_least_0)):
+        for name in names:
+            value = getattr(config, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{flag(name)} must be an int >= {low}, got {value!r}")
+    for name in numbers:
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{flag(name)} must be a finite number >= 0, got {value!r}")
+    for name, allowed in (choices or {}).items():
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"{flag(name)} must be one of {tuple(allowed)}, got {getattr(config, name)!r}")
 
 
 def run(job: Callable[[Config], object], config: Config, prog: str):

@@ -48,10 +48,7 @@ class ExtractConfig:
                                                         "print the shape (no downloads)"})
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.rope_grid is not None and self.rope_grid not in ROPE_GRIDS:
-            raise ValueError(f"rope_grid must be one of {ROPE_GRIDS} (or unset), got {self.rope_grid!r}")
+        cli.check_fields(self, choices={"dtype": DTYPES, "rope_grid": (*ROPE_GRIDS, None)})
         if self.demo and (self.videos or self.model):
             raise ValueError("demo makes its own video and model: pass neither VIDEO nor --model with --demo")
         if not self.demo and not self.videos:

@@ -50,8 +50,7 @@ class PlanConfig:
                                                             "bfloat16 (faster on GPUs and CPUs with AMX/AVX512-BF16)"})
 
     def __post_init__(self):
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"PlanConfig.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        cli.check_fields(self, choices={"dtype": ("float32", "bfloat16")})
         if self.episodes < 1 or self.max_steps < 1:
             raise ValueError(f"PlanConfig: episodes and max_steps must be >= 1, got {self.episodes}, {self.max_steps}")
         self.cem()  # the CEM settings' own checks, before any training or planning starts

@@ -76,20 +76,13 @@ class ProbeConfig:
     physics_frames: int = field(default=16, metadata={"help": "physics task: frames per generated video"})
 
     def __post_init__(self):
-        for name in ("frame_step", "clips", "views", "batch_size", "physics_train", "physics_test", "physics_frames"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("frames", "epochs", "warmup_epochs", "seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        cli.check_fields(self, at_least_1=("frame_step", "clips", "views", "batch_size", "physics_train", "physics_test",
+                                           "physics_frames"), at_least_0=("frames", "epochs", "warmup_epochs", "seed"),
+                         numbers=("lr", "weight_decay"), choices={"feature_dtype": DTYPES})
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if not self.lr > 0 or self.weight_decay < 0:
             raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {self.lr} and {self.weight_decay}")
-        if self.feature_dtype not in DTYPES:
-            raise ValueError(f"feature_dtype must be one of {sorted(DTYPES)}, got {self.feature_dtype!r}")
         if not self.model and self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if self.test_data and not self.data:

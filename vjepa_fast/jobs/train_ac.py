@@ -70,16 +70,13 @@ class TrainACConfig:
     device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu or cuda"})
 
     def __post_init__(self):
-        for name in ("trajectories", "frames", "batch_size", "steps", "checkpoint_every", "rollout_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainACConfig.{name} must be >= 1, got {getattr(self, name)}")
+        cli.check_fields(self, at_least_1=("trajectories", "frames", "batch_size", "steps", "checkpoint_every",
+                                           "rollout_steps"), choices={"predictor": AC_PRESETS})
         if self.clip_frames < 2:
             raise ValueError(f"TrainACConfig.clip_frames must be >= 2 (one action), got {self.clip_frames}")
         if self.rollout_steps > self.clip_frames - 1:
             raise ValueError(f"TrainACConfig.rollout_steps ({self.rollout_steps}) must be <= clip_frames - 1 "
                              f"({self.clip_frames - 1})")
-        if self.predictor not in AC_PRESETS:
-            raise ValueError(f"TrainACConfig.predictor must be one of {sorted(AC_PRESETS)}, got {self.predictor!r}")
         if not (self.lr > 0 and self.start_lr >= 0 and self.final_lr >= 0 and self.weight_decay >= 0):
             raise ValueError(f"TrainACConfig: lr must be > 0 and start_lr, final_lr, weight_decay >= 0, got "
                              f"{self.lr}, {self.start_lr}, {self.final_lr}, {self.weight_decay}")

@@ -83,20 +83,14 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self):
-        positive = ("patch_size", "crop_size", "frames", "short_blocks", "long_blocks", "steps", "batch_size",
-                    "grad_accum", "checkpoint_every", "probe_clips", "max_balls")
-        non_negative = ("width", "depth", "heads", "pred_width", "pred_depth", "pred_heads", "workers",
-                        "warmup_steps", "cooldown_steps", "seed", "threads")
-        for name in positive + non_negative:
-            value = getattr(self, name)
-            low = 1 if name in positive else 0
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{cli.flag(name)} must be an int >= {low}, got {value!r}")
-        for name in ("fps", "start_lr", "lr", "final_lr", "weight_decay", "ema", "beta1", "beta2",
-                     "min_scale", "max_scale", "min_aspect", "max_aspect", "short_scale", "long_scale"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{cli.flag(name)} must be a finite number >= 0, got {value!r}")
+        cli.check_fields(self, at_least_1=("patch_size", "crop_size", "frames", "short_blocks", "long_blocks", "steps",
+                                           "batch_size", "grad_accum", "checkpoint_every", "probe_clips", "max_balls"),
+                         at_least_0=("width", "depth", "heads", "pred_width", "pred_depth", "pred_heads", "workers",
+                                     "warmup_steps", "cooldown_steps", "seed", "threads"),
+                         numbers=("fps", "start_lr", "lr", "final_lr", "weight_decay", "ema", "beta1", "beta2",
+                                  "min_scale", "max_scale", "min_aspect", "max_aspect", "short_scale", "long_scale"),
+                         choices={"preset": TRAIN_PRESETS, "model": PRESETS, "dtype": ("auto", "float32", "bfloat16"),
+                                  "device": ("auto", "cpu", "cuda"), "rope_mode": ("tile", "interleave")})
         for name in ("ema", "beta1", "beta2"):
             if not getattr(self, name) < 1:
                 raise ValueError(f"{cli.flag(name)} must be in [0, 1), got {getattr(self, name)}")
@@ -111,11 +105,6 @@ class TrainConfig:
                              f"must not exceed --steps ({self.steps})")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"--batch-size ({self.batch_size}) must be divisible by --grad-accum ({self.grad_accum})")
-        for name, allowed in (("preset", tuple(TRAIN_PRESETS)), ("model", tuple(PRESETS)),
-                              ("dtype", ("auto", "float32", "bfloat16")), ("device", ("auto", "cpu", "cuda")),
-                              ("rope_mode", ("tile", "interleave"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{cli.flag(name)} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.crop_size % self.patch_size:
             raise ValueError(f"--crop-size ({self.crop_size}) must be a multiple of --patch-size ({self.patch_size})")
         self.model_config()  # width/heads divisibility and the like, with the model's own messages
