@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from vjepa_fast.jobs.train import ridge_r2, run
+from vjepa_fast.jobs.ridge_probe import ridge_r2
+from vjepa_fast.jobs.train import run
 from vjepa_fast.jobs.train_config import TrainConfig
 
 MARGIN = 0.1  # test R^2, trained minus random
