@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vjepa_fast.ops.dispatch import triton_available, use_triton
-from vjepa_fast.ops.rope import Rope, apply_rope_ref, rope_angles, rotate_pairs
+from torch.library import triton_op
+
+from vjepa_fast.ops.dispatch import use_triton
+from vjepa_fast.ops.rope import Rope, apply_rope_ref, rotate_pairs
 
 
 def rope_attention_ref(q: Tensor, k: Tensor, v: Tensor, q_rope: Rope, k_rope: Rope | None = None,
@@ -77,8 +79,8 @@ def check_args(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, ca
 
 
 def _tables(pos: Tensor, head_dim: int, tile: bool) -> tuple[Tensor, Tensor]:
-    angles = rope_angles(pos.to(torch.float32), head_dim, "tile" if tile else "interleave").unsqueeze(1)
-    return angles.cos(), angles.sin()  # (B|1, 1, N, hd)
+    rope = Rope(pos.to(torch.float32), mode="tile" if tile else "interleave", head_dim=head_dim)
+    return rope.cos, rope.sin  # (B|1, 1, N, hd)
 
 
 def _visible(n_q: int, n_k: int, causal_block: int, device) -> Tensor | None:
@@ -128,39 +130,40 @@ def _bwd_math(do, q, k, v, o, lse, q_pos, k_pos, tile: bool, causal_block: int) 
     return dq.to(q.dtype), dk.to(k.dtype), (p.transpose(-1, -2) @ do).to(v.dtype)
 
 
-if triton_available():
-    from torch.library import triton_op
+@triton_op("vjepa_fast::rope_attention_fwd", mutates_args=())
+def rope_attention_fwd(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, tile: bool,
+                       causal_block: int) -> tuple[Tensor, Tensor]:
+    """-> out (B, H, Nq, hd) and lse (B, H, Nq) fp32 (log2 units; not differentiable)."""
+    if q.is_cuda:
+        from vjepa_fast.kernels import rope_attention as kernels
+        return kernels.rope_attention_fwd(q, k, v, q_pos, k_pos, tile, causal_block)
+    return _fwd_math(q, k, v, q_pos, k_pos, tile, causal_block)
 
-    from vjepa_fast.kernels import rope_attention as kernels
 
-    @triton_op("vjepa_fast::rope_attention_fwd", mutates_args=())
-    def rope_attention_fwd(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, tile: bool,
-                           causal_block: int) -> tuple[Tensor, Tensor]:
-        """-> out (B, H, Nq, hd) and lse (B, H, Nq) fp32 (log2 units; not differentiable)."""
-        if q.is_cuda:
-            return kernels.rope_attention_fwd(q, k, v, q_pos, k_pos, tile, causal_block)
-        return _fwd_math(q, k, v, q_pos, k_pos, tile, causal_block)
+@triton_op("vjepa_fast::rope_attention_bwd", mutates_args=())
+def rope_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, q_pos: Tensor,
+                       k_pos: Tensor, tile: bool, causal_block: int) -> tuple[Tensor, Tensor, Tensor]:
+    if q.is_cuda:
+        from vjepa_fast.kernels import rope_attention as kernels
+        return kernels.rope_attention_bwd(do, q, k, v, o, lse, q_pos, k_pos, tile, causal_block)
+    return _bwd_math(do, q, k, v, o, lse, q_pos, k_pos, tile, causal_block)
 
-    @triton_op("vjepa_fast::rope_attention_bwd", mutates_args=())
-    def rope_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, q_pos: Tensor,
-                           k_pos: Tensor, tile: bool, causal_block: int) -> tuple[Tensor, Tensor, Tensor]:
-        if q.is_cuda:
-            return kernels.rope_attention_bwd(do, q, k, v, o, lse, q_pos, k_pos, tile, causal_block)
-        return _bwd_math(do, q, k, v, o, lse, q_pos, k_pos, tile, causal_block)
 
-    def _setup_context(ctx, inputs, output):
-        q, k, v, q_pos, k_pos, tile, causal_block = inputs
-        o, lse = output
-        ctx.mark_non_differentiable(lse)
-        ctx.save_for_backward(q, k, v, o, lse, q_pos, k_pos)
-        ctx.tile, ctx.causal_block = tile, causal_block
+def _setup_context(ctx, inputs, output):
+    q, k, v, q_pos, k_pos, tile, causal_block = inputs
+    o, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, o, lse, q_pos, k_pos)
+    ctx.tile, ctx.causal_block = tile, causal_block
 
-    def _backward(ctx, do, _dlse):
-        q, k, v, o, lse, q_pos, k_pos = ctx.saved_tensors
-        dq, dk, dv = rope_attention_bwd(do.contiguous(), q, k, v, o, lse, q_pos, k_pos, ctx.tile, ctx.causal_block)
-        return dq, dk, dv, None, None, None, None
 
-    rope_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+def _backward(ctx, do, _dlse):
+    q, k, v, o, lse, q_pos, k_pos = ctx.saved_tensors
+    dq, dk, dv = rope_attention_bwd(do.contiguous(), q, k, v, o, lse, q_pos, k_pos, ctx.tile, ctx.causal_block)
+    return dq, dk, dv, None, None, None, None
+
+
+rope_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 @torch.compiler.assume_constant_result
@@ -175,6 +178,7 @@ def use_fused(q: Tensor, k: Tensor, v: Tensor, q_rope: Rope, k_rope: Rope) -> bo
     gradients are needed, a GPU its backward kernels are tuned for)."""
     if not use_triton(q, k, v):
         return False
+    from vjepa_fast.kernels import rope_attention as kernels
     if not (q.dtype in kernels.GPU_DTYPES and q.shape[-1] in kernels.HEAD_DIMS
             and q_rope.mode is not None and q_rope.mode == k_rope.mode):
         return False
