@@ -5,15 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import sys
 import weakref
-from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def device() -> str:

@@ -16,7 +16,7 @@ TABLE = RatioTable("encoder forward", "transformers", "vjepa_fast")
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, request):
-    from hf_reference import hf_model
+    from vjepa_fast.testing import hf_model
     from vjepa_fast import VJEPA2Model
     ref = hf_model("vitl", depth=DEPTH, pred_depth=2, attn="sdpa", crop_size=256, frames_per_clip=FRAMES)
     path = tmp_path_factory.mktemp("vitl")

@@ -17,7 +17,7 @@ N, N_CTX, N_TGT, B = 2048, 500, 1000, 2
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, request):
-    from hf_reference import hf_model
+    from vjepa_fast.testing import hf_model
     from vjepa_fast import VJEPA2Model
     ref = hf_model("vitl", depth=1, pred_depth=PRED_DEPTH, attn="sdpa", crop_size=256, frames_per_clip=16)
     path = tmp_path_factory.mktemp("vitl-pred")

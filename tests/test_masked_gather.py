@@ -76,7 +76,13 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.vjepa_fast.masked_gather.default, args)
 
 
-def test_cpu_tensors_take_the_reference_path():
+def test_cpu_tensors_take_the_reference_path(monkeypatch):
+    """CPU tensors never reach the registered op (whose CPU branch exists only for opcheck)."""
+    import vjepa_fast.ops.masked_gather as op
+
+    def fail(*args):
+        raise AssertionError("CPU tensors were sent to the fused op")
+    monkeypatch.setattr(op, "_masked_gather_op", fail)
     args = _inputs(*SHAPES[0], torch.float32, torch.float32, True)
     for a, b in zip(masked_gather(*args), masked_gather_ref(*args)):
         assert torch.equal(a, b)

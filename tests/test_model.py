@@ -7,8 +7,10 @@ import torch
 from vjepa_fast import VJEPA2Config, VJEPA2Model
 from vjepa_fast.checkpoints import CheckpointError
 from vjepa_fast.ops.rope import apply_rope_ref, make_rope, segment_width, token_positions
+from vjepa_fast.testing import hf_model
 
-from hf_reference import hf_model, transformers
+transformers = pytest.importorskip("transformers")
+
 
 hf_vjepa2 = pytest.importorskip("transformers.models.vjepa2.modeling_vjepa2")
 

@@ -106,7 +106,13 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.vjepa_fast.tubelet_embed.default, args)
 
 
-def test_cpu_tensors_take_the_reference_path():
+def test_cpu_tensors_take_the_reference_path(monkeypatch):
+    """CPU tensors never reach the registered op (whose CPU branch exists only for opcheck)."""
+    import vjepa_fast.ops.tubelet_embed as op
+
+    def fail(*args):
+        raise AssertionError("CPU tensors were sent to the fused op")
+    monkeypatch.setattr(op, "_tubelet_embed_op", fail)
     video, weight, bias, ids, _, _ = _inputs(*SHAPES[1], torch.float32, 3)
     assert torch.equal(tubelet_embed(video, weight, bias, ids), tubelet_embed_ref(video, weight, bias, ids))
 

@@ -1,7 +1,8 @@
-"""Random-weight checkpoints saved by transformers itself, shaped like each preset at reduced depth."""
-import pytest
+"""Reference models for the tests and benchmarks: random-weight transformers VJEPA2 models shaped
+like each preset at reduced depth. transformers is imported only when a model is built."""
+from __future__ import annotations
 
-transformers = pytest.importorskip("transformers")
+import torch
 
 # name -> transformers config kwargs (head dims 64 / 80 / 64 with 22 heads; predictor head dim 32)
 SHAPES = {
@@ -12,12 +13,14 @@ SHAPES = {
 
 
 def hf_model(shape: str, depth: int = 2, pred_depth: int = 2, attn: str = "eager", **overrides):
+    """A transformers VJEPA2Model of `shape` with random weights, in eval mode."""
+    import transformers
+
     kwargs = {"frames_per_clip": 8, **SHAPES[shape], **overrides}
     cfg = transformers.VJEPA2Config(num_hidden_layers=depth, pred_num_hidden_layers=pred_depth, **kwargs)
     cfg._attn_implementation = attn
     model = transformers.VJEPA2Model(cfg).eval()
     # Non-zero mask tokens and non-trivial norms, so a wrong index or a dropped LN shows up.
-    import torch
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "mask_tokens" in name or "norm" in name:
