@@ -21,7 +21,7 @@ SHAPE = (dict(model="vitl", frames=16, crop_size=256, batch_size=4, dtype="bfloa
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, request):
-    from test_train import hf_copy
+    from vjepa_fast.testing import hf_copy
     from vjepa_fast.jobs.train_config import TrainConfig
     from vjepa_fast.jobs.trainer import Trainer
     out = tmp_path_factory.mktemp("bench_train")
@@ -38,7 +38,7 @@ def setup(tmp_path_factory, request):
 
 @pytest.mark.parametrize("provider", ["reference", "vjepa_fast"])
 def test_train_step(benchmark, setup, provider):
-    from test_train import reference_optimizer, reference_step
+    from vjepa_fast.testing import reference_optimizer, reference_step
     trainer, batch = setup["trainer"], setup["batch"]
     if provider == "vjepa_fast":
         def step():
