@@ -27,4 +27,6 @@ test: setup
 	$(PY) -m pytest tests -q
 
 bench: setup
-	$(PY) -m pytest benchmarks --benchmark-only -q
+	@mkdir -p outputs
+	$(PY) -m pytest benchmarks --benchmark-only -q --benchmark-json=outputs/benchmarks.json
+	$(PY) benchmarks/write_results.py --json outputs/benchmarks.json --readme README.md

@@ -1,10 +1,12 @@
-"""Shared pieces of the end-to-end model benchmarks: same weights in both implementations, peak
-memory of one call, and a ratio table printed at the end of the module."""
+"""Shared pieces of the benchmarks: the machine a number comes from, peak memory of one call, and
+the alternating-rounds comparison of a reference with vjepa_fast that every ratio comes from."""
 from __future__ import annotations
 
 import contextlib
 import os
 import platform
+import statistics
+import time
 import weakref
 
 import torch
@@ -26,9 +28,20 @@ def sync(dev: str) -> None:
         torch.cuda.synchronize()
 
 
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
-    info = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
-            "cpus": os.cpu_count(), "torch": torch.__version__}
+    """What a number depends on: the device (CPU model or GPU name), threads and versions."""
+    info = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_model(),
+            "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}
     try:
         import triton
         info["triton"] = triton.__version__
@@ -89,30 +102,39 @@ def peak_memory_mib(fn, dev: str) -> float:
     return mode.peak / 2**20
 
 
-class RatioTable:
-    """Collects medians per (row, provider) and prints reference/ours ratios."""
+# Every comparison of the session, printed at its end (conftest.py) and kept in the JSON.
+RESULTS: list[dict] = []
 
-    def __init__(self, title: str, reference: str, ours: str):
-        self.title, self.reference, self.ours = title, reference, ours
-        self.rows: dict[str, dict[str, tuple[float, float]]] = {}
 
-    def add(self, row: str, provider: str, benchmark, memory_mib: float) -> None:
-        benchmark.extra_info.update(machine())
-        benchmark.extra_info["peak_memory_mib"] = round(memory_mib, 1)
-        if benchmark.stats is not None:  # None with --benchmark-disable
-            self.rows.setdefault(row, {})[provider] = (benchmark.stats.stats.median, memory_mib)
+def alternate(benchmark, row: str, reference: str, reference_fn, candidate_fn, rounds: int = 5,
+              memory: bool = True, repeat: int = 1) -> dict:
+    """Times the reference and vjepa_fast in alternating rounds within this one test (A B, B A,
+    A B, ...: neither side always runs first), so a machine slowed by other work slows both alike.
+    The speed-up is the median over rounds of reference time / vjepa_fast time, reported with its
+    min and max; a round runs each side `repeat` times (for calls of a few milliseconds). Each side
+    runs once first as a warm-up (and, with `memory`, to measure its peak)."""
+    if rounds < 5:
+        raise ValueError(f"rounds must be >= 5 for a median that one slow round cannot move, got {rounds}")
+    dev = device()
+    peaks = []
+    for fn in (reference_fn, candidate_fn):
+        fn()  # warm-up
+        peaks.append(peak_memory_mib(fn, dev) if memory else None)
+    times: tuple[list[float], list[float]] = ([], [])
 
-    def lines(self) -> list[str]:
-        out = [f"{self.title}: speed-up = {self.reference} time / {self.ours} time (same run); memory = peak MiB"]
-        for row, p in sorted(self.rows.items()):
-            if self.reference in p and self.ours in p:
-                (tr, mr), (to, mo) = p[self.reference], p[self.ours]
-                out.append(f"  {row:<32} {self.reference} {tr * 1e3:9.1f} ms  {self.ours} {to * 1e3:9.1f} ms  "
-                           f"speed-up {tr / to:5.2f}x  memory {mr:8.1f} -> {mo:8.1f} MiB")
-        return out
+    def one_round():
+        for side in ((0, 1) if len(times[0]) % 2 == 0 else (1, 0)):
+            start = time.perf_counter()
+            for _ in range(repeat):
+                (reference_fn, candidate_fn)[side]()
+            times[side].append((time.perf_counter() - start) / repeat)
 
-    def report(self, config) -> None:
-        """Prints the table even while pytest captures output (module fixtures tear down captured)."""
-        capture = config.pluginmanager.getplugin("capturemanager")
-        with capture.global_and_fixture_disabled():
-            print("\n" + "\n".join(self.lines()))
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1)
+    ratios = sorted(r / c for r, c in zip(*times))
+    result = {"row": row, "reference": reference, "rounds": len(ratios),
+              "reference_ms": statistics.median(times[0]) * 1e3, "vjepa_fast_ms": statistics.median(times[1]) * 1e3,
+              "speedup_median": statistics.median(ratios), "speedup_min": ratios[0], "speedup_max": ratios[-1],
+              "memory_reference_mib": peaks[0], "memory_vjepa_fast_mib": peaks[1]}
+    benchmark.extra_info.update(machine(), **result)
+    RESULTS.append(result)
+    return result

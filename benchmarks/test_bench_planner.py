@@ -6,21 +6,21 @@ the released setting, horizon 4 shows how re-running the prefix grows with the h
 "fast-bf16" runs the predictor in bf16 (fast on GPUs and on CPUs with AMX/AVX512-BF16 only).
 Run: pytest benchmarks/test_bench_planner.py --benchmark-only
 """
-import platform
-
 import pytest
 import torch
 import torch.nn.functional as F
 
+from model_bench import alternate
 from vjepa_fast.ac_model import ACConfig, ACPredictor
 from vjepa_fast.planner import CEMConfig, CEMPlanner, draw_noise, plan_reference
 
-PROVIDERS = ["reference", "fast", "fast-bf16", "fast-cuda", "fast-cuda-bf16"]
+PROVIDERS = ["fast", "fast-bf16", "fast-cuda", "fast-cuda-bf16"]
 
 
 @pytest.mark.parametrize("horizon", [2, 4])
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_plan_latency(benchmark, provider, horizon):
+    """The reference planner and the fast one (provider), alternating rounds of one test."""
     if "cuda" in provider and not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     device = "cuda" if "cuda" in provider else "cpu"
@@ -34,18 +34,12 @@ def test_plan_latency(benchmark, provider, horizon):
     noise = draw_noise(cem, torch.Generator().manual_seed(1))
     planner = CEMPlanner(model, cem, dtype=torch.bfloat16 if provider.endswith("bf16") else torch.float32)
 
-    def run():
-        if provider == "reference":
-            out = plan_reference(model, z, state, goal, cem, noise)
-        else:
-            out = planner.plan(z, state, goal, noise=noise)
+    def finish(result):
+        assert result.actions.shape == (horizon, 7)
         if device == "cuda":
             torch.cuda.synchronize()
-        return out
 
-    result = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
-    assert result.actions.shape == (horizon, 7)
-    benchmark.extra_info.update({
-        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "model": "ac-tiny",
-        "samples": cem.samples, "iterations": cem.iterations, "horizon": horizon})
+    benchmark.group = f"plan-h{horizon}"
+    alternate(benchmark, f"planning, one action, ac-tiny, 100 samples x 5 iterations, horizon {horizon}, {provider}",
+              "reference planner", lambda: finish(plan_reference(model, z, state, goal, cem, noise)),
+              lambda: finish(planner.plan(z, state, goal, noise=noise)), memory=False)

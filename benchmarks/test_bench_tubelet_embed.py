@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model_bench import device, machine, sync
+from model_bench import alternate, device, sync
 from vjepa_fast.ops.tubelet_embed import tubelet_embed, tubelet_embed_ref
 
 DEV = device()
@@ -20,13 +20,12 @@ def conv3d(video, weight, bias, mean, std):
     return out.flatten(2).transpose(1, 2)
 
 
-PROVIDERS = {"conv3d": conv3d, "reference": tubelet_embed_ref, "triton": tubelet_embed}
-
-
 @pytest.mark.parametrize("frames", ["float", "uint8"])
-@pytest.mark.parametrize("provider", sorted(PROVIDERS))
-def test_tubelet_embed(benchmark, provider, frames):
-    if provider == "triton" and DEV != "cuda":
+@pytest.mark.parametrize("candidate", ["reference", "triton"])
+def test_tubelet_embed(benchmark, candidate, frames):
+    """Conv3d (what transformers runs) against the patchify + GEMM reference (CPU) or the fused
+    Triton kernel (CUDA), alternating rounds of one test."""
+    if candidate == "triton" and DEV != "cuda":
         pytest.skip("the Triton kernel runs on CUDA tensors")
     weight = torch.randn(D, 3, 2, 16, 16, device=DEV, dtype=DTYPE) * 0.02
     bias = torch.randn(D, device=DEV, dtype=DTYPE)
@@ -35,18 +34,17 @@ def test_tubelet_embed(benchmark, provider, frames):
         mean, std = torch.tensor([123.7, 116.3, 103.5], device=DEV), torch.tensor([58.4, 57.1, 57.4], device=DEV)
     else:
         video, mean, std = torch.randn(B, T, 3, S, S, device=DEV, dtype=DTYPE), None, None
-    fn = PROVIDERS[provider]
+    fn = tubelet_embed if candidate == "triton" else tubelet_embed_ref
 
-    def run():
-        with torch.no_grad():
-            out = fn(video, weight, bias, None, mean, std) if provider != "conv3d" else fn(video, weight, bias, mean, std)
-        sync(DEV)
-        return out
+    def runner(call):
+        def run():
+            with torch.no_grad():
+                out = call()
+            sync(DEV)
+            assert out.shape == (B, T // 2 * (S // 16) ** 2, D)
+        return run
 
-    run()  # warm-up (and Triton compilation)
-    out = benchmark.pedantic(run, rounds=5, iterations=1)
-    assert out.shape == (B, T // 2 * (S // 16) ** 2, D)
-    flops = 2 * out.shape[0] * out.shape[1] * D * 3 * 2 * 16 * 16
     benchmark.group = f"tubelet_embed-{frames}"
-    benchmark.extra_info.update(machine(), dtype=str(DTYPE), shape=f"B{B} T{T} {S}px D{D}",
-                                tflops=flops / benchmark.stats.stats.median / 1e12)
+    alternate(benchmark, f"tubelet embedding ({candidate}), {frames} frames, B{B} T{T} {S} px D{D}", "Conv3d",
+              runner(lambda: conv3d(video, weight, bias, mean, std)),
+              runner(lambda: fn(video, weight, bias, None, mean, std)), memory=False, repeat=10)

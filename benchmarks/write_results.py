@@ -1,8 +1,11 @@
-"""Writes benchmarks/RESULTS.md from a pytest-benchmark JSON file (the GPU suite's last step).
+"""Writes benchmark tables from a pytest-benchmark JSON file: benchmarks/RESULTS.md (the GPU
+suite's last step) and, with --readme, the table between the README's bench markers (`make bench`).
 
-Every row gives the median and, when its group has one, the speed-up against the reference
-provider measured in the same run ("reference", or "transformers" for the model benchmarks).
+RESULTS.md: every row gives the median and, when its group has one, the speed-up against the
+reference provider measured in the same run. README: every comparison timed in alternating
+rounds (model_bench.alternate), its speed-up the median of per-round ratios with min-max.
 Run: python benchmarks/write_results.py --json results.json --output benchmarks/RESULTS.md
+     python benchmarks/write_results.py --json results.json --readme README.md
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ BASELINES = ("reference", "transformers")
 @dataclass
 class ResultsArgs:
     json: str                 # pytest-benchmark --benchmark-json output
-    output: str               # the Markdown file to write
+    output: str = ""          # the Markdown file to write
+    readme: str = ""          # the README whose table between the bench markers is rewritten
     tests_log: str = ""       # optional: output of the CUDA test run, whose summary line is quoted
 
 
@@ -68,6 +72,36 @@ def render(data: dict, tests_summary: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def readme_table(data: dict) -> str:
+    """The alternating-rounds comparisons of one run, with the machine they ran on."""
+    rows = [b["extra_info"] for b in data.get("benchmarks", []) if "speedup_median" in b.get("extra_info", {})]
+    if not rows:
+        raise ValueError("no alternating-rounds comparisons in the JSON (run pytest benchmarks --benchmark-only)")
+    info = rows[0]
+    lines = [f"Measured by `make bench` on {data.get('datetime', '?')[:10]}: {info['device']}, {info['cpus']} cores, "
+             f"{info['threads']} torch threads, torch {info['torch']}, triton {info.get('triton', 'none')}. Each row is "
+             f"one test timing both sides in alternating rounds; speed-up = median of per-round ratios "
+             f"(reference / vjepa_fast), [min-max] over {min(r['rounds'] for r in rows)}+ rounds.", "",
+             "| path | reference | reference (ms) | vjepa_fast (ms) | speed-up [min-max] | peak memory (MiB) |",
+             "|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        memory = (f"{r['memory_reference_mib']:.1f} -> {r['memory_vjepa_fast_mib']:.1f}"
+                  if r.get("memory_reference_mib") is not None else "")
+        lines.append(f"| {r['row']} | {r['reference']} | {r['reference_ms']:.1f} | {r['vjepa_fast_ms']:.1f} | "
+                     f"**{r['speedup_median']:.2f}x** [{r['speedup_min']:.2f}-{r['speedup_max']:.2f}] | {memory} |")
+    return "\n".join(lines)
+
+
+def replace_table(text: str, table: str) -> str:
+    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+        raise ValueError(f"the README needs one {START} ... {END} pair around the benchmark table")
+    head, rest = text.split(START)
+    return f"{head}{START}\n{table}\n{END}{rest.split(END, 1)[1]}"
+
+
 def _tests_summary(path: str) -> str:
     if not path:
         return ""
@@ -79,16 +113,25 @@ def _tests_summary(path: str) -> str:
 def parse_args(argv: list[str] | None = None) -> ResultsArgs:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", required=True, help="pytest-benchmark JSON file (--benchmark-json output)")
-    p.add_argument("--output", required=True, help="Markdown file to write (e.g. benchmarks/RESULTS.md)")
+    p.add_argument("--output", default="", help="Markdown file to write (e.g. benchmarks/RESULTS.md)")
+    p.add_argument("--readme", default="", help="README.md whose table between the bench markers is rewritten")
     p.add_argument("--tests-log", default="", help="log of the CUDA test run; its summary line is quoted")
-    return ResultsArgs(**vars(p.parse_args(argv)))
+    args = p.parse_args(argv)
+    if not (args.output or args.readme):
+        p.error("give --output, --readme or both")
+    return ResultsArgs(**vars(args))
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     data = json.loads(Path(args.json).read_text())
-    Path(args.output).write_text(render(data, _tests_summary(args.tests_log)))
-    print(f"wrote {args.output} ({len(data.get('benchmarks', []))} benchmarks; {dataclasses.asdict(args)})")
+    if args.output:
+        Path(args.output).write_text(render(data, _tests_summary(args.tests_log)))
+    if args.readme:
+        readme = Path(args.readme)
+        readme.write_text(replace_table(readme.read_text(), readme_table(data)))
+    print(f"wrote {args.output or ''} {args.readme or ''} ({len(data.get('benchmarks', []))} benchmarks; "
+          f"{dataclasses.asdict(args)})")
 
 
 if __name__ == "__main__":

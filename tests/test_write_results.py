@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import write_results  # noqa: E402
@@ -38,3 +40,28 @@ def test_results_table_has_device_versions_and_same_run_speedups(tmp_path):
         assert f"{medians['reference'] / median:.2f}x" in row and f"{median * 1e3:.3f}" in row
     solo = next(line for line in text.splitlines() if "| solo |" in line)
     assert "x |" not in solo  # no reference in its group: no speed-up claimed
+
+
+def _comparison(row: str, ratio: float) -> dict:
+    extra = {"device": "AMD EPYC 7B13", "cpus": 2, "threads": 2, "torch": "2.13.0+cpu", "triton": "3.7.1",
+             "row": row, "reference": "transformers", "rounds": 5, "reference_ms": 100.0 * ratio,
+             "vjepa_fast_ms": 100.0, "speedup_median": ratio, "speedup_min": ratio - 0.1, "speedup_max": ratio + 0.2,
+             "memory_reference_mib": 96.0, "memory_vjepa_fast_mib": 81.0}
+    return {"name": f"test_{row}", "params": {}, "stats": {"median": 0.2}, "extra_info": extra}
+
+
+def test_readme_table_is_regenerated_between_the_markers_from_one_run(tmp_path):
+    data = {"datetime": "2026-12-05T10:00:00", "benchmarks": [_comparison("encoder fp32", 1.06),
+                                                              _comparison("encoder bf16", 1.26)]}
+    (tmp_path / "b.json").write_text(json.dumps(data))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:start -->\n| old | 9.99x |\n<!-- bench:end -->\noutro\n")
+    write_results.main(["--json", str(tmp_path / "b.json"), "--readme", str(readme)])
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- bench:start -->\n") and text.endswith("<!-- bench:end -->\noutro\n")
+    assert "9.99x" not in text and "AMD EPYC 7B13" in text and "2 torch threads" in text
+    row = next(line for line in text.splitlines() if "| encoder bf16 |" in line)
+    assert "**1.26x** [1.16-1.46]" in row and "96.0 -> 81.0" in row
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="bench:start"):
+        write_results.main(["--json", str(tmp_path / "b.json"), "--readme", str(readme)])
