@@ -8,7 +8,7 @@
 // Per clip: num_blocks rectangles at top ~ U{0..H-h}, left ~ U{0..W-w}; a clip whose blocks
 // cover the whole frame is redrawn. Returns (flat, counts): flat (sum counts,) int64 holds, clip
 // after clip, the sorted spatial indices y*W + x covered by no block (the context of one frame);
-// counts (batch,) int64. The plain PyTorch reference is vjepa_fast.masks.sample_positions_ref: it
+// counts (batch,) int64. The plain PyTorch reference is vjepa_fast.ops.masks.multiblock_context_ref: it
 // draws from the same distribution with torch's generator (not the same numbers).
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -65,6 +65,11 @@ std::tuple<at::Tensor, at::Tensor> multiblock_context(int64_t batch, int64_t hei
 
 TORCH_LIBRARY_FRAGMENT(vjepa_fast, m) {
   m.def("multiblock_context(int batch, int height, int width, int num_blocks, int block_h, int block_w, int seed) "
-        "-> (Tensor, Tensor)",
-        &vjepa_fast::multiblock_context);
+        "-> (Tensor, Tensor)");
+}
+
+// No tensor inputs: CompositeExplicitAutograd serves every backend and leaves room for the fake
+// (vjepa_fast/ops/masks.py) that torch.compile and opcheck trace through.
+TORCH_LIBRARY_IMPL(vjepa_fast, CompositeExplicitAutograd, m) {
+  m.impl("multiblock_context", &vjepa_fast::multiblock_context);
 }

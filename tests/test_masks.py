@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from vjepa_fast.ops.dispatch import extension_available
-from vjepa_fast.masks import (DEFAULT_MASKS, LONG_RANGE, SHORT_RANGE, MaskConfig, sample_masks,
-                              sample_positions, sample_positions_ref)
+from vjepa_fast.masks import DEFAULT_MASKS, LONG_RANGE, SHORT_RANGE, MaskConfig, sample_masks
+from vjepa_fast.ops.masks import multiblock_context, multiblock_context_ref
 
 SAMPLERS = [pytest.param(False, id="python"),
             pytest.param(True, id="cpp", marks=pytest.mark.skipif(not extension_available(),
@@ -66,10 +66,10 @@ def _context_stats(sampler, n, H, W, blocks, bh, bw):
 @pytest.mark.skipif(not extension_available(), reason="vjepa_fast._C not built")
 @pytest.mark.parametrize("H,W,blocks,bh,bw", [(16, 16, 8, 6, 6), (16, 16, 2, 14, 12), (5, 9, 3, 2, 4)])
 def test_cpp_and_python_samplers_draw_the_same_distribution(H, W, blocks, bh, bw):
-    cpp = lambda *a: sample_positions(*a, use_extension=True)
+    cpp = lambda *a: multiblock_context(*a, use_extension=True)
     n = 3000
     size_cpp, cov_cpp = _context_stats(cpp, n, H, W, blocks, bh, bw)
-    size_ref, cov_ref = _context_stats(sample_positions_ref, n, H, W, blocks, bh, bw)
+    size_ref, cov_ref = _context_stats(multiblock_context_ref, n, H, W, blocks, bh, bw)
     stderr = ((size_cpp.var() + size_ref.var()) / n).sqrt()
     assert abs(size_cpp.mean() - size_ref.mean()) < 4 * stderr + 1e-9
     assert abs(size_cpp.std() - size_ref.std()) < 0.1 * size_ref.std() + 0.05
@@ -106,3 +106,16 @@ def test_bad_grid_is_rejected():
         sample_masks((0, 4, 4), 2, DEFAULT_MASKS, 0)
     with pytest.raises(ValueError, match="2 tokens"):
         sample_masks((4, 1, 1), 2, DEFAULT_MASKS, 0)
+
+
+@pytest.mark.skipif(not extension_available(), reason="vjepa_fast._C not built")
+def test_cpp_sampler_registration_and_reference_switch(monkeypatch):
+    """Schema and fake (data-dependent output length) of the C++ op; VJEPA_FAST_REFERENCE=1 sends
+    the sampler to the PyTorch reference."""
+    torch.library.opcheck(torch.ops.vjepa_fast.multiblock_context, (3, 6, 7, 2, 3, 2, 11),
+                          test_utils=("test_schema", "test_faketensor"))
+    args = (4, 8, 8, 3, 3, 3, 5)
+    reference = multiblock_context_ref(*args)
+    assert not all(torch.equal(a, b) for a, b in zip(multiblock_context(*args), reference))
+    monkeypatch.setenv("VJEPA_FAST_REFERENCE", "1")
+    assert all(torch.equal(a, b) for a, b in zip(multiblock_context(*args), reference))

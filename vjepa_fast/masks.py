@@ -11,8 +11,8 @@ The block size is drawn once per batch: keep = int(H*W*spatial_scale) tokens per
 ratio a ~ U(aspect_ratio), h = round(sqrt(keep*a)), w = round(sqrt(keep/a)), clipped to the grid.
 
 `sample_masks` is deterministic under its seed. The block positions come from the C++ sampler
-(csrc/masks.cpp, std::mt19937_64) when the extension is built, else from `sample_positions_ref`
-(torch.Generator): both draw from the same distribution, not the same numbers.
+(vjepa_fast.ops.masks: the C++ sampler csrc/masks.cpp when the extension is built, else its
+plain PyTorch reference): both draw from the same distribution, not the same numbers.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vjepa_fast.ops.dispatch import extension_available
+from vjepa_fast.ops.masks import multiblock_context
 
 
 @dataclass(frozen=True)
@@ -62,37 +62,6 @@ def block_size(config: MaskConfig, height: int, width: int, generator: torch.Gen
     return h, w
 
 
-def sample_positions_ref(batch: int, height: int, width: int, num_blocks: int, block_h: int, block_w: int,
-                         seed: int) -> list[Tensor]:
-    """Per clip, the sorted spatial indices y*W + x covered by no block (the context of one frame).
-    A clip whose blocks cover the whole frame is redrawn. Returns `batch` int64 tensors."""
-    g = torch.Generator().manual_seed(seed)
-    rows, cols = torch.arange(height), torch.arange(width)
-    out = []
-    for _ in range(batch):
-        while True:
-            top = torch.randint(0, height - block_h + 1, (num_blocks,), generator=g)
-            left = torch.randint(0, width - block_w + 1, (num_blocks,), generator=g)
-            in_rows = (rows[None] >= top[:, None]) & (rows[None] < top[:, None] + block_h)    # (blocks, H)
-            in_cols = (cols[None] >= left[:, None]) & (cols[None] < left[:, None] + block_w)  # (blocks, W)
-            masked = (in_rows[:, :, None] & in_cols[:, None, :]).any(0).flatten()             # (H*W,)
-            if not masked.all():
-                break
-        out.append(torch.nonzero(~masked).squeeze(1))
-    return out
-
-
-def sample_positions(batch: int, height: int, width: int, num_blocks: int, block_h: int, block_w: int,
-                     seed: int, use_extension: bool | None = None) -> list[Tensor]:
-    """Same contract as sample_positions_ref; the C++ sampler when the extension is built."""
-    if use_extension is None:
-        use_extension = extension_available()
-    if not use_extension:
-        return sample_positions_ref(batch, height, width, num_blocks, block_h, block_w, seed)
-    flat, counts = torch.ops.vjepa_fast.multiblock_context(batch, height, width, num_blocks, block_h, block_w, seed)
-    return list(flat.split(counts.tolist()))
-
-
 def expand_over_time(spatial: list[Tensor], frames: int, height: int, width: int) -> Tensor:
     """Per-clip sorted spatial indices -> (B, K) sorted time-major 3D indices, cut to the shortest."""
     per_frame = height * width
@@ -127,7 +96,7 @@ def sample_masks(grid: tuple[int, int, int], batch: int, configs: tuple[MaskConf
         if h * w == height * width:  # one block covers everything: no context is possible
             h, w = (h - 1, w) if h > 1 else (h, w - 1)
         position_seed = int(torch.randint(0, 2**62, (), generator=g))
-        context = sample_positions(batch, height, width, config.num_blocks, h, w, position_seed, use_extension)
+        context = multiblock_context(batch, height, width, config.num_blocks, h, w, position_seed, use_extension)
         target = complement(context, height, width)
         out.append((expand_over_time(context, frames, height, width), expand_over_time(target, frames, height, width)))
     return out

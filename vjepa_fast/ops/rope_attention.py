@@ -7,9 +7,10 @@ q and k rotated in registers, flash attention, optional block-causal mask) and e
 The kernel is registered as two custom ops, `vjepa_fast::rope_attention_fwd` -> (out, lse) and
 `vjepa_fast::rope_attention_bwd`, with `torch.library.triton_op`, so torch.compile sees the Triton
 kernels inside and fuses around them, and with autograd between the two. Their non-CUDA branch
-is the same maths in plain PyTorch (`_fwd_math`, `_bwd_math`): the dispatcher never sends CPU
-tensors there, but it lets `torch.library.opcheck` check the registration (schema, fake tensors,
-autograd) on CPU, and it runs under fake CPU tensors while tracing. The Triton interpreter cannot
+is `rope_attention_ref` (plus the lse) and the kernel's backward maths in plain PyTorch: the
+dispatcher never sends CPU tensors there, but it lets `torch.library.opcheck` check the
+registration (schema, fake tensors, autograd) on CPU, and it runs under fake CPU tensors while
+tracing. The Triton interpreter cannot
 run on fake tensors, so the kernels themselves are tested by calling the launchers on CPU tensors
 with TRITON_INTERPRET=1 (tests/test_rope_attention.py).
 """
@@ -78,37 +79,30 @@ def check_args(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, ca
         raise ValueError(f"rope_attention: block-causal attention needs at least as many keys ({Nk}) as queries ({Nq})")
 
 
-def _tables(pos: Tensor, head_dim: int, tile: bool) -> tuple[Tensor, Tensor]:
-    rope = Rope(pos.to(torch.float32), mode="tile" if tile else "interleave", head_dim=head_dim)
-    return rope.cos, rope.sin  # (B|1, 1, N, hd)
+def _ropes(q_pos: Tensor, k_pos: Tensor, head_dim: int, tile: bool) -> tuple[Rope, Rope]:
+    mode = "tile" if tile else "interleave"
+    return (Rope(q_pos.to(torch.float32), mode=mode, head_dim=head_dim),
+            Rope(k_pos.to(torch.float32), mode=mode, head_dim=head_dim))
 
 
-def _visible(n_q: int, n_k: int, causal_block: int, device) -> Tensor | None:
-    """(Nq, Nk) bool block-causal mask, queries aligned to the end of the keys; None without one."""
-    if causal_block <= 0:
-        return None
-    query_at = torch.arange(n_q, device=device) + (n_k - n_q)
-    limit = (query_at // causal_block + 1) * causal_block
-    return torch.arange(n_k, device=device)[None, :] < limit[:, None]
-
-
-def _probabilities(q_rot: Tensor, k_rot: Tensor, lse2: Tensor | None, causal_block: int) -> tuple[Tensor, Tensor]:
-    """Softmax of the scaled scores and their log2-sum-exp2 (the kernel's lse convention)."""
-    scores = (q_rot @ k_rot.transpose(-1, -2)) * (q_rot.shape[-1] ** -0.5 * math.log2(math.e))  # (B, H, Nq, Nk)
-    visible = _visible(q_rot.shape[2], k_rot.shape[2], causal_block, q_rot.device)
-    if visible is not None:
-        scores = scores.masked_fill(~visible, float("-inf"))
-    if lse2 is None:
-        lse2 = torch.logsumexp(scores * math.log(2.0), dim=-1) * math.log2(math.e)
-    return torch.exp2(scores - lse2[..., None]), lse2
+def _log2_scores(q_rot: Tensor, k_rot: Tensor, causal_block: int) -> Tensor:
+    """(B, H, Nq, Nk) scaled scores in log2 units (the kernel's convention), -inf where the
+    block-causal mask (queries aligned to the end of the keys) hides a key."""
+    scores = (q_rot @ k_rot.transpose(-1, -2)) * (q_rot.shape[-1] ** -0.5 * math.log2(math.e))
+    if causal_block > 0:
+        n_q, n_k = scores.shape[-2:]
+        limit = ((torch.arange(n_q, device=q_rot.device) + n_k - n_q) // causal_block + 1) * causal_block
+        scores = scores.masked_fill(torch.arange(n_k, device=q_rot.device)[None, :] >= limit[:, None], float("-inf"))
+    return scores
 
 
 def _fwd_math(q, k, v, q_pos, k_pos, tile: bool, causal_block: int) -> tuple[Tensor, Tensor]:
-    hd = q.shape[-1]
-    q_rot = apply_rope_ref(q.float(), *_tables(q_pos, hd, tile))
-    k_rot = apply_rope_ref(k.float(), *_tables(k_pos, hd, tile))
-    p, lse2 = _probabilities(q_rot, k_rot, None, causal_block)
-    return (p @ v.float()).to(q.dtype), lse2
+    """The op's non-CUDA branch: rope_attention_ref, plus the kernel's log2-sum-exp2 of the scores."""
+    q_rope, k_rope = _ropes(q_pos, k_pos, q.shape[-1], tile)
+    out = rope_attention_ref(q, k, v, q_rope, k_rope, causal_block)
+    scores = _log2_scores(apply_rope_ref(q.float(), q_rope.cos, q_rope.sin),
+                          apply_rope_ref(k.float(), k_rope.cos, k_rope.sin), causal_block)
+    return out, torch.logsumexp(scores * math.log(2.0), dim=-1) * math.log2(math.e)
 
 
 def _bwd_math(do, q, k, v, o, lse, q_pos, k_pos, tile: bool, causal_block: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -116,17 +110,16 @@ def _bwd_math(do, q, k, v, o, lse, q_pos, k_pos, tile: bool, causal_block: int) 
     (C + S R)^T g = C g - R (S g) carries the rotated-space gradients back (tile mode is not
     orthogonal: the transpose, not the inverse)."""
     hd = q.shape[-1]
-    q_cos, q_sin = _tables(q_pos, hd, tile)
-    k_cos, k_sin = _tables(k_pos, hd, tile)
-    q_rot = apply_rope_ref(q.float(), q_cos, q_sin)
-    k_rot = apply_rope_ref(k.float(), k_cos, k_sin)
-    p, _ = _probabilities(q_rot, k_rot, lse, causal_block)
+    q_rope, k_rope = _ropes(q_pos, k_pos, hd, tile)
+    q_rot = apply_rope_ref(q.float(), q_rope.cos, q_rope.sin)
+    k_rot = apply_rope_ref(k.float(), k_rope.cos, k_rope.sin)
+    p = torch.exp2(_log2_scores(q_rot, k_rot, causal_block) - lse[..., None])
     do = do.float()
     delta = (do * o.float()).sum(-1, keepdim=True)  # (B, H, Nq, 1)
     ds = p * (do @ v.float().transpose(-1, -2) - delta) * hd**-0.5
     dq_rot, dk_rot = ds @ k_rot, ds.transpose(-1, -2) @ q_rot
-    dq = dq_rot * q_cos - rotate_pairs(dq_rot * q_sin)
-    dk = dk_rot * k_cos - rotate_pairs(dk_rot * k_sin)
+    dq = dq_rot * q_rope.cos - rotate_pairs(dq_rot * q_rope.sin)
+    dk = dk_rot * k_rope.cos - rotate_pairs(dk_rot * k_rope.sin)
     return dq.to(q.dtype), dk.to(k.dtype), (p.transpose(-1, -2) @ do).to(v.dtype)
 
 
