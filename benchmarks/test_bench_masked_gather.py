@@ -26,7 +26,7 @@ def test_masked_gather(benchmark, provider):
 
     def run():
         with torch.no_grad():
-            out = fn(x, None, mask_token, ids[:, :NC], ids[:, NC:], *grid)
+            out = fn(x, mask_token, ids[:, :NC], ids[:, NC:], *grid)
         sync(DEV)
         return out
 

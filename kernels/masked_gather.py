@@ -1,15 +1,15 @@
 """Predictor input assembly (Triton): gather context tokens, write mask tokens, emit positions.
 
 Maths. With Nc context and Nt target tokens per sample and N = Nc + Nt,
-    tokens[b, i]    = x[b, index[b, i]] (or x[b, i] without an index)      for i < Nc
+    tokens[b, i]    = x[b, i]                                              for i < Nc
     tokens[b, Nc+j] = mask_token                                           for j < Nt
     ids[b]          = concat(context_ids[b], target_ids[b])                (N,)
     positions[b, i] = (t, h, w) of ids[b, i] = (n // (gh*gw), (n % (gh*gw)) // gw, n % gw), as fp32
-which is torch.cat((gather(x, index), mask_token.expand(B, Nt, D)), 1) plus
+which is torch.cat((x, mask_token.expand(B, Nt, D)), 1) plus
 vjepa_fast.ops.rope.token_positions(ids) in one pass: each output row is read once and written
 once, and the (B, N) id tensor and the int64 positions never exist.
 
-Tensors: x (B, Nx, D) with unit stride along D; index, context_ids (B, Nc), target_ids (B, Nt)
+Tensors: x (B, Nc, D) with unit stride along D; context_ids (B, Nc), target_ids (B, Nt)
 int64 with unit stride along the token axis; mask_token (D,) contiguous; tokens (B, N, D)
 contiguous in the promoted dtype of x and mask_token; positions (B, N, 3) fp32 contiguous.
 """
@@ -28,10 +28,10 @@ NUM_WARPS = 4
 
 @triton.jit
 def _masked_gather_kernel(
-    X, INDEX, MASK_TOKEN, CTX_IDS, TGT_IDS, OUT, POS,
+    X, MASK_TOKEN, CTX_IDS, TGT_IDS, OUT, POS,
     rows, n_ctx, n_tgt, D, grid_h, grid_w,
-    stride_xb, stride_xn, stride_ib, stride_cb, stride_tb,
-    HAS_INDEX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    stride_xb, stride_xn, stride_cb, stride_tb,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -42,13 +42,9 @@ def _masked_gather_kernel(
     in_r = r < rows
     is_ctx = in_r & (i < n_ctx)
     is_tgt = in_r & (i >= n_ctx)
-    if HAS_INDEX:
-        src = tl.load(INDEX + b * stride_ib + i, mask=is_ctx, other=0)
-    else:
-        src = i.to(tl.int64)
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     in_d = cols < D
-    x = tl.load(X + (b * stride_xb + src * stride_xn)[:, None] + cols[None, :],
+    x = tl.load(X + (b * stride_xb + i.to(tl.int64) * stride_xn)[:, None] + cols[None, :],
                 mask=is_ctx[:, None] & in_d[None, :], other=0.0)
     m = tl.load(MASK_TOKEN + cols, mask=in_d, other=0.0)
     val = tl.where(is_ctx[:, None], x.to(OUT.dtype.element_ty), m.to(OUT.dtype.element_ty)[None, :])
@@ -69,9 +65,8 @@ def _masked_gather_kernel(
         tl.store(pos + 2, w.to(tl.float32), mask=in_r)
 
 
-def masked_gather_fwd(x: torch.Tensor, index: torch.Tensor | None, mask_token: torch.Tensor,
-                      context_ids: torch.Tensor, target_ids: torch.Tensor, grid_h: int, grid_w: int,
-                      out: torch.Tensor, positions: torch.Tensor) -> None:
+def masked_gather_fwd(x: torch.Tensor, mask_token: torch.Tensor, context_ids: torch.Tensor,
+                      target_ids: torch.Tensor, grid_h: int, grid_w: int, out: torch.Tensor, positions: torch.Tensor) -> None:
     """Launches the kernel; arguments already checked and laid out by vjepa_fast.ops.masked_gather."""
     B, n_ctx = context_ids.shape
     n_tgt = target_ids.shape[1]
@@ -79,9 +74,8 @@ def masked_gather_fwd(x: torch.Tensor, index: torch.Tensor | None, mask_token: t
     rows = B * (n_ctx + n_tgt)
     grid = (triton.cdiv(rows, BLOCK_R), triton.cdiv(D, BLOCK_D))
     wrap_triton(_masked_gather_kernel)[grid](
-        x, index if index is not None else context_ids, mask_token, context_ids, target_ids, out, positions,
+        x, mask_token, context_ids, target_ids, out, positions,
         rows, n_ctx, n_tgt, D, grid_h, grid_w,
-        x.stride(0), x.stride(1), index.stride(0) if index is not None else 0,
-        context_ids.stride(0), target_ids.stride(0),
-        HAS_INDEX=index is not None, BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D, num_warps=NUM_WARPS,
+        x.stride(0), x.stride(1), context_ids.stride(0), target_ids.stride(0),
+        BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D, num_warps=NUM_WARPS,
     )

@@ -178,8 +178,8 @@ class Predictor(nn.Module):
         Nc = context.shape[1]
         mask_token = self.mask_tokens[mask_index % self.config.pred_num_mask_tokens]
         # One fused op: embedded context, mask tokens at the target slots, and their (t, h, w) positions.
-        x, positions = masked_gather(self.embed(context), None, mask_token, context_ids, target_ids,
-                                     *grid)  # (B, Nc+Nt, Dp), (B, Nc+Nt, 3)
+        x, positions = masked_gather(self.embed(context), mask_token, context_ids, target_ids, *grid)
+        # x (B, Nc+Nt, Dp), positions (B, Nc+Nt, 3)
         rope = make_rope(positions,
                          self.config.pred_hidden_size // self.config.pred_num_attention_heads, self.config.rope_mode)
         x = run_blocks(self.blocks, x, rope, self.gradient_checkpointing)
