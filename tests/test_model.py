@@ -8,6 +8,7 @@ from vjepa_fast import VJEPA2Config, VJEPA2Model
 from vjepa_fast.checkpoints import CheckpointError
 from vjepa_fast.ops.rope import apply_rope_ref, make_rope, segment_width, token_positions
 from vjepa_fast.testing import hf_model
+from vjepa_fast.video import normalize
 
 transformers = pytest.importorskip("transformers")
 
@@ -149,9 +150,21 @@ def test_nan_input_rejected_when_checked():
     assert torch.isnan(model.get_vision_features(x)).any()  # unchecked: no cost, NaN flows through
 
 
-def test_integer_pixels_rejected():
-    with pytest.raises(TypeError, match="pixel_values_videos must be a float tensor"):
-        VJEPA2Model(tiny())(torch.zeros(1, 2, 3, 64, 64, dtype=torch.uint8))
+def test_uint8_crops_are_normalised_inside_the_embedding():
+    """uint8 crops give the features of the processor's normalised float pixels, and the uint8
+    path reaches tubelet_embed with the ImageNet statistics in pixel units."""
+    model = VJEPA2Model(tiny()).eval()
+    crops = torch.randint(0, 256, (2, 4, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        ours = model.get_vision_features(crops)
+        want = model.get_vision_features(normalize(crops))
+    torch.testing.assert_close(ours, want, atol=2e-5, rtol=1e-4)
+    assert not torch.allclose(ours, model.get_vision_features(crops.float()), atol=1e-2)
+
+
+def test_integer_pixels_other_than_uint8_rejected():
+    with pytest.raises(TypeError, match=r"pixel_values_videos must be float \(normalised pixels\) or uint8"):
+        VJEPA2Model(tiny())(torch.zeros(1, 2, 3, 64, 64, dtype=torch.int32))
 
 
 def test_bad_masks_name_the_argument():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from vjepa_fast.config import VJEPA2Config
+from vjepa_fast.config import IMAGENET_MEAN, IMAGENET_STD, VJEPA2Config
 from vjepa_fast.ops.masked_gather import masked_gather
 from vjepa_fast.ops.rope import Rope, make_rope, token_positions
 from vjepa_fast.ops.rope_attention import rope_attention
@@ -105,8 +105,9 @@ def check_video(video: Tensor, config: VJEPA2Config, check_finite: bool = False)
                          f"patch_size={config.patch_size}, got {H}x{W}")
     if B == 0 or T == 0:
         raise ValueError(f"pixel_values_videos must hold at least one clip of one frame, got {tuple(video.shape)}")
-    if not video.is_floating_point():
-        raise TypeError(f"pixel_values_videos must be a float tensor (normalised pixels), got {video.dtype}")
+    if not video.is_floating_point() and video.dtype != torch.uint8:
+        raise TypeError(f"pixel_values_videos must be float (normalised pixels) or uint8 (crops as decoded), "
+                        f"got {video.dtype}")
     if check_finite and not torch.isfinite(video).all():
         raise ValueError("pixel_values_videos contains NaN or inf")
 
@@ -146,10 +147,15 @@ class Encoder(nn.Module):
 
     def forward(self, video: Tensor, token_ids: Tensor | None = None) -> Tensor:
         """(B, T, C, H, W) -> (B, N, D) after the final LayerNorm. With token_ids (B, K), only
-        those tokens are embedded and encoded (they attend only to each other): Meta's context encoder."""
+        those tokens are embedded and encoded (they attend only to each other): Meta's context encoder.
+        uint8 video holds crops as decoded: the ImageNet normalisation runs inside the embedding
+        (fused into the kernel on CUDA), so float pixels never fill memory."""
         video = self.frames(video)
         Tp, Hp, Wp = self.grid(video)
-        x = tubelet_embed(video, self.patch_weight, self.patch_bias, token_ids)  # (B, N or K, D)
+        mean = std = None
+        if video.dtype == torch.uint8:
+            mean, std = (torch.tensor(s, device=video.device) * 255.0 for s in (IMAGENET_MEAN, IMAGENET_STD))
+        x = tubelet_embed(video, self.patch_weight, self.patch_bias, token_ids, mean, std)  # (B, N or K, D)
         ids = torch.arange(Tp * Hp * Wp, device=x.device)[None] if token_ids is None else token_ids
         rope = make_rope(token_positions(ids, *self.position_grid(video)),
                          self.config.hidden_size // self.config.num_attention_heads, self.config.rope_mode)
