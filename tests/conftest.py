@@ -12,6 +12,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from vjepa_fast.ops import dispatch  # noqa: E402
+
+# Registers torch.ops.vjepa_fast's Triton ops (done lazily, on the first dispatch to a kernel).
+assert dispatch.triton_available(), "the tests need Triton (its interpreter on CPU)"
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -2,7 +2,8 @@
 
 A kernel runs when every tensor is on a CUDA device, Triton imports, and the environment
 variable VJEPA_FAST_REFERENCE is not "1" (set it to compare against, or fall back to, the
-reference everywhere). Importing this module never imports Triton nor initialises CUDA.
+reference everywhere). Importing this module never imports Triton nor initialises CUDA: the Triton
+ops (torch.library.triton_op, which imports Triton) are registered when Triton is first asked for.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import importlib
 import os
 import warnings
 
-import torch  # noqa: F401  (loaded before vjepa_fast._C, which links against it)
+import torch  # (loaded before vjepa_fast._C, which links against it)
 from torch import Tensor
 
 REFERENCE_ENV = "VJEPA_FAST_REFERENCE"
@@ -31,9 +32,29 @@ def _imports(module: str, instead: str) -> bool:
     return True
 
 
+def constant_under_compile(fn):
+    """torch.compiler.assume_constant_result(fn): torch.compile calls fn once while tracing and
+    keeps its result instead of tracing it. That decorator only sets this attribute, but importing
+    it imports torch._dynamo, and with it Triton (tests/test_compile.py checks the effect)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 @functools.cache
+def _load_triton() -> bool:
+    if not _imports("triton", "CUDA tensors use the PyTorch reference implementations"):
+        return False
+    from vjepa_fast.ops import masked_gather, rope_attention, tubelet_embed
+    for op in (masked_gather, rope_attention, tubelet_embed):
+        op.register()
+    return True
+
+
+@constant_under_compile
 def triton_available() -> bool:
-    return _imports("triton", "CUDA tensors use the PyTorch reference implementations")
+    """True when Triton imports; torch.ops.vjepa_fast's Triton ops are registered from then on.
+    A constant to torch.compile, which evaluates it once instead of tracing the import."""
+    return _load_triton()
 
 
 @functools.cache

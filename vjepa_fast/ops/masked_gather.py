@@ -4,7 +4,7 @@
     positions = token_positions(cat(context_ids, target_ids), grid_h, grid_w) in fp32  (B, Nc+Nt, 3)
 
 `masked_gather` runs the Triton kernel (kernels/masked_gather.py, registered as
-torch.ops.vjepa_fast.masked_gather) on CUDA tensors and `masked_gather_ref` elsewhere or when
+torch.ops.vjepa_fast.masked_gather by `register`, once Triton imports) on CUDA tensors and `masked_gather_ref` elsewhere or when
 VJEPA_FAST_REFERENCE=1. Backward: the context rows' gradients are x's gradient, the target rows'
 gradients are summed into the mask token's gradient; positions carry no gradient. The op's non-CUDA branch is the reference
 maths, so torch.library.opcheck can check the registration on CPU; the kernel is tested through
@@ -52,9 +52,8 @@ def masked_gather_ref(x: Tensor, mask_token: Tensor, context_ids: Tensor, target
     return _assemble(x, mask_token, context_ids, target_ids, grid_h, grid_w)
 
 
-@triton_op("vjepa_fast::masked_gather", mutates_args=())
-def _masked_gather_op(x: Tensor, mask_token: Tensor, context_ids: Tensor, target_ids: Tensor,
-                      grid_h: int, grid_w: int) -> tuple[Tensor, Tensor]:
+def _fused(x: Tensor, mask_token: Tensor, context_ids: Tensor, target_ids: Tensor,
+           grid_h: int, grid_w: int) -> tuple[Tensor, Tensor]:
     if not x.is_cuda:
         return _assemble(x, mask_token, context_ids, target_ids, grid_h, grid_w)
     from vjepa_fast.kernels.masked_gather import masked_gather_fwd
@@ -80,7 +79,10 @@ def _backward(ctx, grad_tokens: Tensor, grad_positions: Tensor):
     return grad_tokens[:, :ctx.n_ctx].to(ctx.x_dtype), grad_mask.to(ctx.mask_dtype), None, None, None, None
 
 
-_masked_gather_op.register_autograd(_backward, setup_context=_setup_context)
+def register() -> None:
+    """torch.ops.vjepa_fast.masked_gather (vjepa_fast.ops.dispatch calls it once Triton imports)."""
+    op = triton_op("vjepa_fast::masked_gather", mutates_args=())(_fused)
+    op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def masked_gather(x: Tensor, mask_token: Tensor, context_ids: Tensor, target_ids: Tensor,
@@ -89,4 +91,4 @@ def masked_gather(x: Tensor, mask_token: Tensor, context_ids: Tensor, target_ids
     _check(x, mask_token, context_ids, target_ids)
     if not use_triton(x, mask_token, context_ids, target_ids):
         return masked_gather_ref(x, mask_token, context_ids, target_ids, grid_h, grid_w)
-    return _masked_gather_op(x, mask_token, context_ids, target_ids, grid_h, grid_w)
+    return torch.ops.vjepa_fast.masked_gather(x, mask_token, context_ids, target_ids, grid_h, grid_w)

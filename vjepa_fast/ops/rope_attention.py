@@ -4,8 +4,9 @@
 q and k rotated in registers, flash attention, optional block-causal mask) and everything else to
 `rope_attention_ref`; vjepa_fast.ops.dispatch decides (VJEPA_FAST_REFERENCE=1 forces the reference).
 
-The kernel is registered as two custom ops, `vjepa_fast::rope_attention_fwd` -> (out, lse) and
-`vjepa_fast::rope_attention_bwd`, with `torch.library.triton_op`, so torch.compile sees the Triton
+The kernel is registered (by `register`, once Triton imports) as two custom ops,
+`vjepa_fast::rope_attention_fwd` -> (out, lse) and `vjepa_fast::rope_attention_bwd`, with
+`torch.library.triton_op`, so torch.compile sees the Triton
 kernels inside and fuses around them, and with autograd between the two. Their non-CUDA branch
 is `rope_attention_ref` (plus the lse) and the kernel's backward maths in plain PyTorch: the
 dispatcher never sends CPU tensors there, but it lets `torch.library.opcheck` check the
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from torch.library import triton_op
 
-from vjepa_fast.ops.dispatch import use_triton
+from vjepa_fast.ops.dispatch import constant_under_compile, use_triton
 from vjepa_fast.ops.rope import Rope, apply_rope_ref, rotate_pairs
 
 
@@ -123,9 +124,8 @@ def _bwd_math(do, q, k, v, o, lse, q_pos, k_pos, tile: bool, causal_block: int) 
     return dq.to(q.dtype), dk.to(k.dtype), (p.transpose(-1, -2) @ do).to(v.dtype)
 
 
-@triton_op("vjepa_fast::rope_attention_fwd", mutates_args=())
-def rope_attention_fwd(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, tile: bool,
-                       causal_block: int) -> tuple[Tensor, Tensor]:
+def _fused_fwd(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, tile: bool,
+               causal_block: int) -> tuple[Tensor, Tensor]:
     """-> out (B, H, Nq, hd) and lse (B, H, Nq) fp32 (log2 units; not differentiable)."""
     if q.is_cuda:
         from vjepa_fast.kernels import rope_attention as kernels
@@ -133,9 +133,8 @@ def rope_attention_fwd(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Te
     return _fwd_math(q, k, v, q_pos, k_pos, tile, causal_block)
 
 
-@triton_op("vjepa_fast::rope_attention_bwd", mutates_args=())
-def rope_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, q_pos: Tensor,
-                       k_pos: Tensor, tile: bool, causal_block: int) -> tuple[Tensor, Tensor, Tensor]:
+def _fused_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, q_pos: Tensor,
+               k_pos: Tensor, tile: bool, causal_block: int) -> tuple[Tensor, Tensor, Tensor]:
     if q.is_cuda:
         from vjepa_fast.kernels import rope_attention as kernels
         return kernels.rope_attention_bwd(do, q, k, v, o, lse, q_pos, k_pos, tile, causal_block)
@@ -152,14 +151,18 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, do, _dlse):
     q, k, v, o, lse, q_pos, k_pos = ctx.saved_tensors
-    dq, dk, dv = rope_attention_bwd(do.contiguous(), q, k, v, o, lse, q_pos, k_pos, ctx.tile, ctx.causal_block)
+    dq, dk, dv = torch.ops.vjepa_fast.rope_attention_bwd(do.contiguous(), q, k, v, o, lse, q_pos, k_pos, ctx.tile, ctx.causal_block)
     return dq, dk, dv, None, None, None, None
 
 
-rope_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+def register() -> None:
+    """torch.ops.vjepa_fast.rope_attention_fwd/_bwd (vjepa_fast.ops.dispatch calls it once Triton imports)."""
+    fwd = triton_op("vjepa_fast::rope_attention_fwd", mutates_args=())(_fused_fwd)
+    triton_op("vjepa_fast::rope_attention_bwd", mutates_args=())(_fused_bwd)
+    fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.compiler.assume_constant_result
+@constant_under_compile
 def _kernel_backward_supported(device_index: int) -> bool:
     """The backward kernels are tuned for Hopper (sm_90 and newer), where they compile without
     register spills; on older GPUs they spill, so training there uses the reference."""

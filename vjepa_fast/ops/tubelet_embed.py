@@ -6,7 +6,7 @@ n = ti*Hp*Wp + hi*Wp + wi. Optional per-channel normalisation (video - mean[c]) 
 video's own units (for uint8 frames and ImageNet statistics pass 255 * mean and 255 * std).
 
 `tubelet_embed` runs the fused Triton kernel (kernels/tubelet_embed.py, registered as
-torch.ops.vjepa_fast.tubelet_embed) on CUDA tensors and `tubelet_embed_ref` elsewhere or when
+torch.ops.vjepa_fast.tubelet_embed by `register`, once Triton imports) on CUDA tensors and `tubelet_embed_ref` elsewhere or when
 VJEPA_FAST_REFERENCE=1. Gradients flow to weight, bias and float video (backward in PyTorch:
 two GEMMs and a scatter). The op's non-CUDA branch is the same maths in plain PyTorch: the
 dispatcher never sends CPU tensors there, but it lets torch.library.opcheck check the
@@ -96,9 +96,8 @@ def tubelet_embed_ref(video: Tensor, weight: Tensor, bias: Tensor, token_ids: Te
                   None if std is None else 1 / std.float())
 
 
-@triton_op("vjepa_fast::tubelet_embed", mutates_args=())
-def _tubelet_embed_op(video: Tensor, weight: Tensor, bias: Tensor, token_ids: Tensor | None,
-                      mean: Tensor | None, inv_std: Tensor | None) -> Tensor:
+def _fused(video: Tensor, weight: Tensor, bias: Tensor, token_ids: Tensor | None,
+           mean: Tensor | None, inv_std: Tensor | None) -> Tensor:
     if not video.is_cuda:
         return _embed(video, weight, bias, token_ids, mean, inv_std)
     from vjepa_fast.kernels.tubelet_embed import tubelet_embed_fwd
@@ -144,7 +143,10 @@ def _backward(ctx, grad_out: Tensor):
     return grad_video, grad_weight, grad_bias, None, None, None
 
 
-_tubelet_embed_op.register_autograd(_backward, setup_context=_setup_context)
+def register() -> None:
+    """torch.ops.vjepa_fast.tubelet_embed (vjepa_fast.ops.dispatch calls it once Triton imports)."""
+    op = triton_op("vjepa_fast::tubelet_embed", mutates_args=())(_fused)
+    op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def tubelet_embed(video: Tensor, weight: Tensor, bias: Tensor, token_ids: Tensor | None = None,
@@ -158,4 +160,5 @@ def tubelet_embed(video: Tensor, weight: Tensor, bias: Tensor, token_ids: Tensor
         dtype = torch.get_autocast_dtype(video.device.type)
         weight, bias = weight.to(dtype), bias.to(dtype)
     inv_std = None if std is None else 1 / std.float()
-    return _tubelet_embed_op(video, weight, bias, token_ids, None if mean is None else mean.float(), inv_std)
+    return torch.ops.vjepa_fast.tubelet_embed(video, weight, bias, token_ids, None if mean is None else mean.float(),
+                                              inv_std)
