@@ -143,19 +143,42 @@ def test_num_labels_mismatch_names_it(tmp_path):
     d = json.loads((tmp_path / "config.json").read_text())
     d["id2label"] = {"0": "a", "1": "b"}
     (tmp_path / "config.json").write_text(json.dumps(d))
-    with pytest.raises(CheckpointError, match="num_labels.*classifier.weight has 3 rows|classifier.weight has 3 rows"):
+    with pytest.raises(CheckpointError, match=r"classifier\.\w+ has shape \(3.*num_labels=2.*ignore_mismatched_sizes"):
         VJEPA2ForVideoClassification.from_pretrained(str(tmp_path))
+    model, info = VJEPA2ForVideoClassification.from_pretrained(str(tmp_path), ignore_mismatched_sizes=True,
+                                                               output_loading_info=True)
+    assert model.classifier.out_features == 2 and info["mismatched_keys"] == ["classifier.bias", "classifier.weight"]
 
 
-def test_backbone_only_checkpoint_is_refused_with_the_missing_head(tmp_path):
-    VJEPA2Model(VJEPA2Config.from_name("tiny")).save_pretrained(str(tmp_path))
-    with pytest.raises(CheckpointError, match="pooler.query_tokens"):
-        VJEPA2ForVideoClassification.from_pretrained(str(tmp_path))
+@pytest.mark.parametrize("saved_by", ["transformers", "vjepa_fast"])
+def test_base_checkpoint_starts_a_fresh_head_as_transformers_does(tmp_path, caplog, saved_by):
+    """from_pretrained(base checkpoint, num_labels=...) keeps the backbone, initialises the head
+    (one notice) and reports the same missing keys as transformers."""
+    cfg = transformers.VJEPA2Config(num_hidden_layers=2, pred_num_hidden_layers=1, frames_per_clip=8,
+                                    crop_size=64, hidden_size=192, num_attention_heads=3, pred_hidden_size=96,
+                                    pred_num_attention_heads=3)
+    base = transformers.VJEPA2Model(cfg).eval()
+    if saved_by == "transformers":
+        base.save_pretrained(tmp_path)
+    else:
+        VJEPA2Model(cfg).save_pretrained(tmp_path)
+        base = transformers.VJEPA2Model.from_pretrained(tmp_path).eval()
+    labels = {0: "push", 1: "pull", 2: "lift"}
+    ours, info = VJEPA2ForVideoClassification.from_pretrained(tmp_path, id2label=labels, output_loading_info=True)
+    theirs, their_info = transformers.VJEPA2ForVideoClassification.from_pretrained(
+        tmp_path, id2label=labels, output_loading_info=True)
+    assert sorted(info["missing_keys"]) == sorted(their_info["missing_keys"])
+    assert sum("newly initialised for 3 labels" in r.message for r in caplog.records) == 1
+    x = torch.randn(1, 2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.vjepa2.get_vision_features(x), base.get_vision_features(x), atol=1e-4, rtol=1e-4)
+        assert ours(x).logits.shape == theirs(x).logits.shape == (1, 3)
+    assert ours.config.id2label == theirs.config.id2label == labels
 
 
 def test_bad_configs_are_named():
-    with pytest.raises(TypeError, match="VJEPA2ClassifierConfig"):
-        VJEPA2ForVideoClassification(VJEPA2Config.from_name("tiny"))
+    with pytest.raises(TypeError, match="VJEPA2Config"):
+        VJEPA2ForVideoClassification("tiny")
     with pytest.raises(ValueError, match="id2label"):
         VJEPA2ClassifierConfig(id2label={0: "a", 2: "b"})
     with pytest.raises(ValueError, match="problem_type"):

@@ -35,7 +35,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 def expected_features(model, video, sampling, crop):
     clip = load_clip(video, sampling)
-    pixels = VideoProcessor(ProcessorConfig(crop_size=crop))(clip.frames)[None]  # (1, T, 3, crop, crop)
+    pixels = VideoProcessor(ProcessorConfig(crop_size=crop)).process(clip.frames)[None]  # (1, T, 3, crop, crop)
     with torch.no_grad():
         return model.get_vision_features(pixels), clip
 

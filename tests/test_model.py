@@ -215,7 +215,7 @@ def test_gather_before_embedding_equals_encoding_the_kept_tokens_alone():
     from vjepa_fast.model import run_blocks
     from vjepa_fast.ops.tubelet_embed import tubelet_embed_ref
     enc = model.encoder
-    tokens = torch.gather(tubelet_embed_ref(x, enc.patch_weight, enc.patch_bias), 1, ids[..., None].expand(-1, -1, 192))
+    tokens = torch.gather(tubelet_embed_ref(x, enc.patch_embed.weight, enc.patch_embed.bias), 1, ids[..., None].expand(-1, -1, 192))
     rope = make_rope(token_positions(ids, 4, 4), 64, "tile")
     with torch.no_grad():
         expected = enc.norm(run_blocks(enc.blocks, tokens, rope, False))

@@ -99,7 +99,7 @@ def test_weight_decay_skips_biases_and_1d_params(tmp_path):
     names = {id(p): n for n, p in trainer.jepa.named_parameters()}
     assert decay["weight_decay"] == 0.04 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim > 1 and not names[id(p)].endswith("bias") for p in decay["params"])
-    assert {names[id(p)] for p in no_decay["params"]} >= {"encoder.patch_bias", "encoder.norm.weight", "predictor.proj.bias"}
+    assert {names[id(p)] for p in no_decay["params"]} >= {"encoder.patch_embed.bias", "encoder.norm.weight", "predictor.proj.bias"}
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(trainer.jepa.parameters()))
     trainer.close()
 

@@ -69,7 +69,7 @@ def test_processor_matches_recipe(H, W, crop, native_uint8, monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2" if native_uint8 else "DEFAULT")
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
     video = random_video(2, H, W)
-    out = VideoProcessor(ProcessorConfig(crop_size=crop))(video)
+    out = VideoProcessor(ProcessorConfig(crop_size=crop)).process(video)
     assert out.shape == (2, 3, crop, crop) and out.dtype == torch.float32
     # The fused (x - 255 mean) / (255 std) in float32 differs from float64 by rounding only;
     # one grey level is 1 / (255 * 0.225) ~ 0.017, so 1e-5 catches any pixel off by one.
@@ -86,14 +86,14 @@ def test_resize_paths_differ():
 def test_processor_layouts_and_batches():
     proc = VideoProcessor(ProcessorConfig(crop_size=64))
     video = random_video(4, 50, 90)                           # (T, H, W, 3)
-    expected = proc(video)
-    torch.testing.assert_close(proc(video.permute(0, 3, 1, 2)), expected, atol=0, rtol=0)  # (T, 3, H, W)
-    torch.testing.assert_close(proc(video.numpy()), expected, atol=0, rtol=0)
+    expected = proc.process(video)
+    torch.testing.assert_close(proc.process(video.permute(0, 3, 1, 2)), expected, atol=0, rtol=0)  # (T, 3, H, W)
+    torch.testing.assert_close(proc.process(video.numpy()), expected, atol=0, rtol=0)
     other = random_video(4, 50, 90)
-    batch = proc(torch.stack([video, other]))                 # (B, T, H, W, 3) -> (B, T, 3, c, c)
+    batch = proc.process(torch.stack([video, other]))                 # (B, T, H, W, 3) -> (B, T, 3, c, c)
     assert batch.shape == (2, 4, 3, 64, 64)
     torch.testing.assert_close(batch[0], expected, atol=0, rtol=0)
-    torch.testing.assert_close(batch[1], proc(other), atol=0, rtol=0)
+    torch.testing.assert_close(batch[1], proc.process(other), atol=0, rtol=0)
 
 
 def test_resized_size():
@@ -104,16 +104,16 @@ def test_resized_size():
 
 
 @pytest.mark.parametrize("frames, match", [
-    (torch.rand(2, 32, 32, 3), "frames: expected uint8"),
+    (torch.zeros(2, 32, 32, 3, dtype=torch.int32), "frames: expected uint8 pixels \\(as decoded\\) or floats"),
     (torch.zeros(32, 32, 3, dtype=torch.uint8), "frames: expected \\(T, H, W, 3\\)"),
     (torch.zeros(2, 3, 8, 3, dtype=torch.uint8), "frames: cannot tell the channel dimension"),
     (torch.zeros(2, 32, 32, 4, dtype=torch.uint8), "frames: cannot tell the channel dimension"),
     (torch.zeros(0, 32, 32, 3, dtype=torch.uint8), "frames: empty video"),
-    ([[1, 2, 3]], "frames: expected a uint8 torch.Tensor"),
+    ([[1, 2, 3]], "frames: expected a torch.Tensor or numpy array"),
 ])
 def test_processor_rejects_bad_frames(frames, match):
     with pytest.raises((ValueError, TypeError), match=match):
-        VideoProcessor()(frames)
+        VideoProcessor().process(frames)
 
 
 def test_processor_config_rejects_bad_values():
@@ -193,7 +193,7 @@ def test_decoded_values_roughly_preserved(tmp_path):
 
 def test_load_clip_processes(level_mp4):
     clip = load_clip(level_mp4, ClipSampling(num_frames=4))
-    pixels = VideoProcessor(ProcessorConfig(crop_size=32))(clip.frames)
+    pixels = VideoProcessor(ProcessorConfig(crop_size=32)).process(clip.frames)
     assert pixels.shape == (4, 3, 32, 32)
 
 
@@ -259,4 +259,4 @@ def test_processor_matches_transformers(H, W, crop):
         pytest.skip(f"transformers' VJEPA2VideoProcessor cannot run here: {type(e).__name__}: {e}")
     video = random_video(2, H, W)
     expected = theirs(video, return_tensors="pt")["pixel_values_videos"][0]
-    torch.testing.assert_close(VideoProcessor(ProcessorConfig(crop_size=crop))(video), expected, atol=0, rtol=0)
+    torch.testing.assert_close(VideoProcessor(ProcessorConfig(crop_size=crop)).process(video), expected, atol=0, rtol=0)

@@ -6,7 +6,9 @@ query/key/value (HF) and stacking mask tokens.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,8 +21,7 @@ from vjepa_fast.files import atomic_write
 _HF_BLOCK = {"norm1": "norm1", "proj": "attention.proj", "norm2": "norm2", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
 _META_BLOCK = {"norm1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "norm2": "norm2", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
 _HF_TOP = {
-    "encoder.patch_weight": "encoder.embeddings.patch_embeddings.proj.weight",
-    "encoder.patch_bias": "encoder.embeddings.patch_embeddings.proj.bias",
+    "encoder.patch_embed": "encoder.embeddings.patch_embeddings.proj",
     "encoder.norm": "encoder.layernorm",
     "predictor.embed": "predictor.embeddings.predictor_embeddings",
     "predictor.mask_tokens": "predictor.embeddings.mask_tokens",
@@ -28,8 +29,7 @@ _HF_TOP = {
     "predictor.proj": "predictor.proj",
 }
 _META_TOP = {
-    "encoder.patch_weight": "patch_embed.proj.weight",
-    "encoder.patch_bias": "patch_embed.proj.bias",
+    "encoder.patch_embed": "patch_embed.proj",
     "encoder.norm": "norm",
     "predictor.embed": "predictor_embed",
     "predictor.norm": "predictor_norm",
@@ -43,7 +43,7 @@ class CheckpointError(ValueError):
 
 def _split(key: str) -> tuple[str, str]:
     """'encoder.blocks.3.qkv.weight' -> ('encoder.blocks.3.qkv', 'weight'); parameters without a
-    suffix ('encoder.patch_weight') come back with an empty suffix."""
+    suffix ('predictor.mask_tokens') come back with an empty suffix."""
     if key.endswith((".weight", ".bias")) and key.rsplit(".", 2)[-2] not in ("encoder", "predictor"):
         head, suffix = key.rsplit(".", 1)
         return head, suffix
@@ -130,40 +130,69 @@ def read_safetensors_dir(directory: Path) -> dict[str, Tensor]:
     raise CheckpointError(f"{directory}: no model.safetensors or model.safetensors.index.json")
 
 
-def resolve(path_or_hub_id: str) -> Path:
-    path = Path(path_or_hub_id)
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise CheckpointError(f"{path}: expected a checkpoint directory (config.json + model.safetensors); "
-                              "for Meta's .pt files use from_meta_checkpoint")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise CheckpointError(f"{path_or_hub_id!r} is not a directory, and huggingface_hub is not installed "
-                              "to download it as a hub id") from None
-    try:
-        return Path(snapshot_download(path_or_hub_id, allow_patterns=["*.json", "*.safetensors"]))
-    except Exception as e:  # offline, unknown repo, ...: say what was tried
-        raise CheckpointError(f"{path_or_hub_id!r} is not a local directory and could not be downloaded "
-                              f"from the Hugging Face hub: {e}") from e
+@dataclass
+class Source:
+    """Where a checkpoint comes from: a local directory or a Hugging Face hub id, with the hub
+    options transformers' from_pretrained takes."""
+    path_or_hub_id: str
+    revision: str | None = None
+    cache_dir: str | None = None
+    local_files_only: bool = False
+    token: str | bool | None = None
+    subfolder: str = ""
+
+    def resolve(self) -> Path:
+        """The checkpoint directory (downloaded first for a hub id: its json and safetensors files)."""
+        path = Path(self.path_or_hub_id) / self.subfolder
+        if path.is_dir():
+            return path
+        if Path(self.path_or_hub_id).exists():
+            raise CheckpointError(f"{path}: expected a checkpoint directory (config.json + model.safetensors); "
+                                  "for Meta's .pt files use from_meta_checkpoint")
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            raise CheckpointError(f"{self.path_or_hub_id!r} is not a directory, and huggingface_hub is not "
+                                  "installed to download it as a hub id") from None
+        prefix = f"{self.subfolder.strip('/')}/" if self.subfolder else ""
+        try:
+            root = snapshot_download(self.path_or_hub_id, revision=self.revision, cache_dir=self.cache_dir,
+                                     local_files_only=self.local_files_only, token=self.token,
+                                     allow_patterns=[f"{prefix}*.json", f"{prefix}*.safetensors"])
+        except Exception as e:  # offline, unknown repo, ...: say what was tried
+            raise CheckpointError(f"{self.path_or_hub_id!r} is not a local directory and could not be "
+                                  f"downloaded from the Hugging Face hub: {e}") from e
+        return Path(root) / self.subfolder
 
 
 CLASSIFIER_BACKBONE = "vjepa2."  # transformers' prefix of the encoder/predictor in classifier checkpoints
 
 
-def read_pretrained(path_or_hub_id: str, config_cls, rope_grid: str | None):
-    """(directory, config, state dict) of a transformers checkpoint directory or hub id; config_cls
-    reads config.json (`from_hf_dict`); rope_grid, when given, overrides the config's."""
-    directory = resolve(path_or_hub_id)
+def read_config(directory: Path) -> dict:
     config_path = directory / "config.json"
-    if not config_path.exists():
+    if not config_path.is_file():
         raise CheckpointError(f"{directory}: config.json is missing")
-    config = config_cls.from_hf_dict(json.loads(config_path.read_text()))
-    if rope_grid is not None:
-        config.rope_grid = rope_grid
-        config.__post_init__()
-    return directory, config, read_safetensors_dir(directory)
+    return json.loads(config_path.read_text())
+
+
+def checkpoint_dtype(config: dict, state: dict[str, Tensor]) -> torch.dtype:
+    """dtype="auto": the dtype config.json names, else that of the first floating-point weight."""
+    name = config.get("dtype") or config.get("torch_dtype")
+    if isinstance(name, str) and isinstance(getattr(torch, name, None), torch.dtype):
+        return getattr(torch, name)
+    return next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+
+
+def prepare_loading(cls, source: Source, config, overrides: dict):
+    """(model with uninitialised weights, directory, the checkpoint's dtype, HF state dict) of
+    `source`. config: given (any form cls.config_class.coerce takes) or read from config.json;
+    overrides: config fields to replace where not None."""
+    directory = source.resolve()
+    saved = read_config(directory)
+    config = cls.config_class.from_dict(saved) if config is None else cls.config_class.coerce(config)
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    state = read_safetensors_dir(directory)
+    return empty_model(cls, config), directory, checkpoint_dtype(saved, state), state
 
 
 def empty_model(cls, config):
@@ -174,33 +203,73 @@ def empty_model(cls, config):
     return model.to_empty(device="cpu")
 
 
-def load_pretrained(cls, path_or_hub_id: str, rope_grid: str | None = None):
-    directory, config, state = read_pretrained(path_or_hub_id, VJEPA2Config, rope_grid)
-    if any(k.startswith(CLASSIFIER_BACKBONE) for k in state):
-        # A VJEPA2ForVideoClassification checkpoint: its backbone is the model, as transformers'
-        # VJEPA2Model.from_pretrained takes it; only the classification head is left out.
-        extra = sorted(k for k in state if not k.startswith((CLASSIFIER_BACKBONE, "pooler.", "classifier.")))
-        if extra:
-            raise CheckpointError(f"{directory}: unexpected keys beside a classifier's backbone {extra[:20]}")
-        state = {k[len(CLASSIFIER_BACKBONE):]: v for k, v in state.items() if k.startswith(CLASSIFIER_BACKBONE)}
-    model = empty_model(cls, config)
-    load_state_strict(model, hf_to_ours(model, state, str(directory)), str(directory))
-    return model
+def backbone_state(state: dict[str, Tensor], directory) -> dict[str, Tensor]:
+    """A VJEPA2Model's HF state dict, from its own checkpoint or from a VJEPA2ForVideoClassification
+    one (whose backbone is the model, as transformers' VJEPA2Model.from_pretrained takes it)."""
+    if not any(k.startswith(CLASSIFIER_BACKBONE) for k in state):
+        return state
+    extra = sorted(k for k in state if not k.startswith((CLASSIFIER_BACKBONE, "pooler.", "classifier.")))
+    if extra:
+        raise CheckpointError(f"{directory}: unexpected keys beside a classifier's backbone {extra[:20]}")
+    return {k[len(CLASSIFIER_BACKBONE):]: v for k, v in state.items() if k.startswith(CLASSIFIER_BACKBONE)}
 
 
-def write_pretrained(directory: str | Path, hf_state: dict[str, Tensor], config: dict) -> None:
-    """config.json + model.safetensors (written atomically) of a transformers checkpoint."""
+def load_model_state(model, state: dict[str, Tensor], directory) -> dict:
+    """A transformers VJEPA2Model checkpoint into `model`, strictly; returns transformers' loading info."""
+    load_state_strict(model, hf_to_ours(model, backbone_state(state, directory), str(directory)), str(directory))
+    return {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+
+
+_SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(size: int | str) -> int:
+    """max_shard_size as transformers takes it: bytes, or a string such as "5GB" or "500MiB"."""
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    if isinstance(size, str):
+        text = size.strip().upper()
+        for unit, factor in sorted(_SIZE_UNITS.items(), key=lambda u: -len(u[0])):
+            if text.endswith(unit) and text[:-len(unit)].strip().replace(".", "", 1).isdigit():
+                return int(float(text[:-len(unit)]) * factor)
+    raise ValueError(f"max_shard_size must be a positive number of bytes or a size such as '5GB' or '500MB', "
+                     f"got {size!r}")
+
+
+def write_pretrained(directory: str | Path, hf_state: dict[str, Tensor], config: dict,
+                     max_shard_size: int | str = "5GB") -> None:
+    """config.json + model.safetensors, or shards of at most max_shard_size bytes each and
+    model.safetensors.index.json, as transformers writes them. Every file is written atomically,
+    the index and config last; weight files of an earlier save that this one does not use go."""
     from safetensors.torch import save_file
     directory = Path(directory)
+    limit = parse_size(max_shard_size)
     state = {k: v.detach().cpu().contiguous() for k, v in hf_state.items()}
-    atomic_write(directory / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
+    shards: list[dict[str, Tensor]] = [{}]
+    size = 0
+    for k, v in state.items():
+        nbytes = v.numel() * v.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += nbytes
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)])
+    for name, shard in zip(names, shards):
+        atomic_write(directory / name, lambda p, shard=shard: save_file(shard, p, metadata={"format": "pt"}))
+    index = directory / "model.safetensors.index.json"
+    if len(shards) > 1:
+        total = sum(v.numel() * v.element_size() for v in state.values())
+        text = json.dumps({"metadata": {"total_size": total},
+                           "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}, indent=2)
+        atomic_write(index, lambda p: Path(p).write_text(text))
+    keep = set(names) | ({index.name} if len(shards) > 1 else set())
+    for stale in directory.glob("model*.safetensors*"):
+        if stale.name not in keep:
+            stale.unlink()
     text = json.dumps(config, indent=2)
     atomic_write(directory / "config.json", lambda p: Path(p).write_text(text))
-
-
-def save_pretrained(model, directory: str) -> None:
-    """What transformers' VJEPA2Model.from_pretrained reads."""
-    write_pretrained(directory, ours_to_hf(model), model.config.to_hf_dict())
 
 
 def split_classifier(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -210,32 +279,35 @@ def split_classifier(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[
     return backbone, head
 
 
-def load_classifier(cls, path_or_hub_id: str, config_cls, rope_grid: str | None):
-    """A transformers VJEPA2ForVideoClassification checkpoint, strictly: the backbone through the
-    HF key map, the head (pooler, classifier) under transformers' own names."""
-    directory, config, state = read_pretrained(path_or_hub_id, config_cls, rope_grid)
-    head_weight = state.get("classifier.weight")
-    if head_weight is not None and head_weight.shape[0] != config.num_labels:
-        raise CheckpointError(f"{directory}: config.json names {config.num_labels} labels (id2label) but "
-                              f"classifier.weight has {head_weight.shape[0]} rows: num_labels does not "
-                              "match the checkpoint")
-    model = empty_model(cls, config)
+def load_classifier_state(model, state: dict[str, Tensor], directory, ignore_mismatched_sizes: bool) -> dict:
+    """A transformers VJEPA2ForVideoClassification checkpoint, or a VJEPA2Model one (then the head
+    stays as initialised), into `model`: the backbone strictly through the HF key map, the head
+    (pooler, classifier) under transformers' own names. A head weight of another shape (another
+    num_labels) is an error unless ignore_mismatched_sizes. Returns transformers' loading info."""
     backbone, head = split_classifier(state)
+    if not backbone:  # a VJEPA2Model checkpoint: it is the backbone
+        backbone, head = state, {}
     _, expected = split_classifier(model.state_dict())
-    missing, unexpected = sorted(expected.keys() - head.keys()), sorted(head.keys() - expected.keys())
-    if missing or unexpected:
-        raise CheckpointError(f"{directory}: the classification head does not match the model: missing keys "
-                              f"{missing[:20]}; unexpected keys {unexpected[:20]}")
-    ours = {CLASSIFIER_BACKBONE + k: v for k, v in hf_to_ours(model.vjepa2, backbone, str(directory)).items()}
-    load_state_strict(model, {**ours, **head}, str(directory))
-    return model
+    unexpected = sorted(head.keys() - expected.keys())
+    if unexpected:
+        raise CheckpointError(f"{directory}: unexpected keys in the classification head {unexpected[:20]}")
+    mismatched = sorted(k for k, v in head.items() if v.shape != expected[k].shape)
+    if mismatched and not ignore_mismatched_sizes:
+        k = mismatched[0]
+        raise CheckpointError(f"{directory}: {k} has shape {tuple(head[k].shape)}, the model expects "
+                              f"{tuple(expected[k].shape)} (num_labels={model.config.num_labels}); pass "
+                              "ignore_mismatched_sizes=True to start a fresh head of the model's size")
+    head = {k: v for k, v in head.items() if k not in mismatched}
+    load_model_state(model.vjepa2, backbone, directory)
+    model.load_state_dict(head, strict=False)
+    return {"missing_keys": sorted(expected.keys() - head.keys() - set(mismatched)), "unexpected_keys": [],
+            "mismatched_keys": mismatched, "error_msgs": []}
 
 
-def save_classifier(model, directory: str) -> None:
+def classifier_state(model) -> dict[str, Tensor]:
     """What transformers' VJEPA2ForVideoClassification.from_pretrained reads."""
     _, head = split_classifier(model.state_dict())
-    state = {**{CLASSIFIER_BACKBONE + k: v for k, v in ours_to_hf(model.vjepa2).items()}, **head}
-    write_pretrained(directory, state, model.config.to_hf_dict())
+    return {**{CLASSIFIER_BACKBONE + k: v for k, v in ours_to_hf(model.vjepa2).items()}, **head}
 
 
 # ---- Meta's .pt format ----------------------------------------------------------------------

@@ -14,15 +14,19 @@ The pooler's MLPs are 4x wide whatever the encoder's mlp_ratio (ViT-g's encoder 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vjepa_fast.checkpoints import load_classifier, save_classifier
 from vjepa_fast.config import VJEPA2Config
 from vjepa_fast.model import VJEPA2Model, init_weights
+from vjepa_fast.outputs import ModelOutput
+from vjepa_fast.pretrained import PreTrainedMixin, finish_loading, resolve_device, resolve_dtype
+
+log = logging.getLogger("vjepa_fast")
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 POOLER_MLP_RATIO = 4.0
@@ -65,11 +69,8 @@ class VJEPA2ClassifierConfig(VJEPA2Config):
         base = {f.name: getattr(config, f.name) for f in dataclasses.fields(VJEPA2Config)}
         return cls(**base, id2label=dict(enumerate(labels)), problem_type=problem_type)
 
-    def encoder_config(self) -> VJEPA2Config:
-        return VJEPA2Config(**{f.name: getattr(self, f.name) for f in dataclasses.fields(VJEPA2Config)})
-
-    def to_hf_dict(self) -> dict:
-        d = super().to_hf_dict()
+    def to_dict(self) -> dict:
+        d = super().to_dict()
         d["id2label"] = {str(i): name for i, name in self.id2label.items()}
         d["label2id"] = self.label2id
         if self.problem_type is None:
@@ -78,13 +79,13 @@ class VJEPA2ClassifierConfig(VJEPA2Config):
         return d
 
     @classmethod
-    def from_hf_dict(cls, d: dict) -> "VJEPA2ClassifierConfig":
+    def from_dict(cls, d: dict) -> "VJEPA2ClassifierConfig":
         d = dict(d)
         if "id2label" in d:
             d["id2label"] = {int(i): name for i, name in d["id2label"].items()}
         elif "num_labels" in d:
             d["id2label"] = {i: f"LABEL_{i}" for i in range(d["num_labels"])}
-        return super().from_hf_dict(d)
+        return super().from_dict(d)
 
 
 class PoolerMLP(nn.Module):
@@ -179,17 +180,16 @@ class AttentivePooler(nn.Module):
 def classification_loss(logits: Tensor, labels: Tensor, config: VJEPA2ClassifierConfig) -> Tensor:
     """transformers' loss for sequence/video classification. Without a problem_type: one label ->
     regression (MSE), integer labels -> cross entropy (label -100 ignored), otherwise
-    multi-label (BCE with logits). transformers also writes the choice it made back into the
-    config; here the config is left as it was."""
+    multi-label (BCE with logits); as transformers, the choice is written into the config."""
     n = config.num_labels
-    problem = config.problem_type
-    if problem is None:
+    if config.problem_type is None:
         if n == 1:
-            problem = "regression"
+            config.problem_type = "regression"
         elif labels.dtype in (torch.long, torch.int):
-            problem = "single_label_classification"
+            config.problem_type = "single_label_classification"
         else:
-            problem = "multi_label_classification"
+            config.problem_type = "multi_label_classification"
+    problem = config.problem_type
     labels = labels.to(logits.device)
     if problem == "regression":
         if n == 1:
@@ -201,22 +201,26 @@ def classification_loss(logits: Tensor, labels: Tensor, config: VJEPA2Classifier
 
 
 @dataclass
-class VideoClassifierOutput:
-    logits: Tensor             # (B, num_labels)
+class VideoClassifierOutput(ModelOutput):
+    """transformers' ImageClassifierOutput fields, in its order."""
     loss: Tensor | None = None
+    logits: Tensor | None = None                      # (B, num_labels)
+    hidden_states: tuple[Tensor, ...] | None = None   # the encoder's, as VJEPA2Output.hidden_states
+    attentions: tuple[Tensor, ...] | None = None
 
 
-class VJEPA2ForVideoClassification(nn.Module):
-    """Drop-in for transformers' VJEPA2ForVideoClassification."""
+class VJEPA2ForVideoClassification(PreTrainedMixin, nn.Module):
+    """Drop-in for transformers' VJEPA2ForVideoClassification. config: a VJEPA2ClassifierConfig,
+    or any config VJEPA2ClassifierConfig.coerce takes (one without labels gets two, as in transformers)."""
+    config_class = VJEPA2ClassifierConfig
 
     def __init__(self, config: VJEPA2ClassifierConfig):
         super().__init__()
-        if not isinstance(config, VJEPA2ClassifierConfig):
-            raise TypeError("VJEPA2ForVideoClassification needs a VJEPA2ClassifierConfig (labels included), got "
-                            f"{type(config).__name__}; build one with VJEPA2ClassifierConfig.from_encoder(config, labels)")
+        config = VJEPA2ClassifierConfig.coerce(config)
         self.config = config
         self.num_labels = config.num_labels
-        self.vjepa2 = VJEPA2Model(config.encoder_config())
+        # The backbone shares the config, so its output flags and attention choice are the classifier's.
+        self.vjepa2 = VJEPA2Model(config)
         self.pooler = AttentivePooler(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.init_head()
@@ -227,18 +231,26 @@ class VJEPA2ForVideoClassification(nn.Module):
         nn.init.trunc_normal_(self.classifier.weight, std=std)
         nn.init.zeros_(self.classifier.bias)
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vjepa2.get_input_embeddings()
+
     def classify(self, features: Tensor) -> Tensor:
         """Encoder output (B, N, D) -> logits (B, num_labels): the head alone, for cached features."""
         return self.classifier(self.pooler(features))
 
     def forward(self, pixel_values_videos: Tensor, labels: Tensor | None = None,
-                check_finite: bool = False) -> VideoClassifierOutput:
+                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, check_finite: bool = False) -> VideoClassifierOutput | tuple:
         """pixel_values_videos (B, T, C, H, W) normalised -> logits (B, num_labels), and the loss
         when labels are given ((B,) class indices, or (B, num_labels) floats for regression or
-        multi-label problems)."""
-        logits = self.classify(self.vjepa2.get_vision_features(pixel_values_videos, check_finite))
+        multi-label problems). The output flags are VJEPA2Model's."""
+        encoded = self.vjepa2(pixel_values_videos, skip_predictor=True, output_attentions=output_attentions,
+                              output_hidden_states=output_hidden_states, return_dict=True, check_finite=check_finite)
+        logits = self.classify(encoded.last_hidden_state)
         loss = None if labels is None else classification_loss(logits, labels, self.config)
-        return VideoClassifierOutput(logits, loss)
+        out = VideoClassifierOutput(loss, logits, encoded.hidden_states, encoded.attentions)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return out if return_dict else out.to_tuple()
 
     @classmethod
     def from_encoder(cls, encoder: VJEPA2Model, labels: list[str],
@@ -249,11 +261,50 @@ class VJEPA2ForVideoClassification(nn.Module):
         model.vjepa2.load_state_dict(encoder.state_dict(), strict=True)
         return model
 
-    @classmethod
-    def from_pretrained(cls, path_or_hub_id: str, rope_grid: str | None = None) -> "VJEPA2ForVideoClassification":
-        """A transformers VJEPA2ForVideoClassification checkpoint (directory or hub id)."""
-        return load_classifier(cls, path_or_hub_id, VJEPA2ClassifierConfig, rope_grid)
+    def checkpoint_state(self) -> dict[str, Tensor]:
+        from vjepa_fast.checkpoints import classifier_state
+        return classifier_state(self)
 
-    def save_pretrained(self, directory: str) -> None:
-        """config.json + model.safetensors that transformers' VJEPA2ForVideoClassification reads."""
-        save_classifier(self, directory)
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, *, config=None, num_labels: int | None = None,
+                        id2label: dict | None = None, label2id: dict | None = None, problem_type: str | None = None,
+                        ignore_mismatched_sizes: bool = False, dtype=None, torch_dtype=None, device_map=None,
+                        attn_implementation: str | None = None, revision: str | None = None,
+                        cache_dir: str | None = None, local_files_only: bool = False, token: str | bool | None = None,
+                        subfolder: str = "", output_loading_info: bool = False, rope_grid: str | None = None):
+        """A transformers VJEPA2ForVideoClassification checkpoint, or a VJEPA2Model one (the head
+        then starts fresh, with a notice), with transformers' arguments. num_labels / id2label /
+        label2id set the labels; a checkpoint head of another size needs ignore_mismatched_sizes=True."""
+        from vjepa_fast.checkpoints import Source, load_classifier_state, prepare_loading
+        dtype, device = resolve_dtype(dtype, torch_dtype), resolve_device(device_map)
+        source = Source(str(pretrained_model_name_or_path), revision, cache_dir, local_files_only, token, subfolder)
+        model, directory, auto_dtype, state = prepare_loading(cls, source, config, dict(
+            attn_implementation=attn_implementation, rope_grid=rope_grid, problem_type=problem_type,
+            id2label=labels_from(num_labels, id2label, label2id)))
+        model.init_head()  # what the checkpoint does not hold stays initialised
+        info = load_classifier_state(model, state, directory, ignore_mismatched_sizes)
+        if info["missing_keys"]:
+            log.warning(f"VJEPA2ForVideoClassification: {directory} has no weights for {len(info['missing_keys'])} "
+                        f"head tensors ({', '.join(info['missing_keys'][:3])}, ...): they are newly initialised "
+                        f"for {model.config.num_labels} labels; train the head before using its predictions")
+        model = finish_loading(model, dtype, device, auto_dtype)
+        return (model, info) if output_loading_info else model
+
+
+def labels_from(num_labels: int | None, id2label: dict | None, label2id: dict | None) -> dict[int, str] | None:
+    """The id2label that from_pretrained's label arguments describe (None: the config's)."""
+    if label2id is not None:
+        inverse = {int(i): name for name, i in label2id.items()}
+        if id2label is not None and {int(i): n for i, n in id2label.items()} != inverse:
+            raise ValueError("from_pretrained: label2id must be the inverse of id2label")
+        id2label = inverse
+    if id2label is not None:
+        id2label = {int(i): name for i, name in id2label.items()}
+        if num_labels is not None and num_labels != len(id2label):
+            raise ValueError(f"from_pretrained: num_labels={num_labels} but id2label names {len(id2label)} labels")
+        return id2label
+    if num_labels is not None:
+        if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1:
+            raise ValueError(f"from_pretrained: num_labels must be a positive int, got {num_labels!r}")
+        return {i: f"LABEL_{i}" for i in range(num_labels)}
+    return None

@@ -7,11 +7,18 @@ library reads in the other. Two fields are ours:
   rope_grid  "config": decode token positions on the crop grid `crop_size // patch_size`, as
              transformers does whatever the input size; "input": on the real input grid, as
              Meta's encoder does.
+`attn_implementation` is transformers' option and stays out of config.json as there: "sdpa" runs
+the fused RoPE-attention op, "eager" the explicit softmax that can return attention probabilities.
+The config reads and writes itself as transformers' does (to_dict, to_json_string,
+save_pretrained, from_pretrained), and `coerce` takes a transformers VJEPA2Config or its dict.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -22,6 +29,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # The dtype names the jobs accept (--dtype, --feature-dtype).
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ROPE_GRIDS = ("config", "input")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+# Ours only: not in config.json (rope_mode is, as use_rope_interleave).
+_NOT_SAVED = ("rope_mode", "rope_grid", "attn_implementation")
 
 
 @dataclass
@@ -48,6 +58,12 @@ class VJEPA2Config:
     num_pooler_layers: int = 3
     rope_mode: str = "tile"
     rope_grid: str = "config"
+    # transformers' defaults for what forward returns; each call can override them.
+    output_hidden_states: bool = False
+    output_attentions: bool = False
+    return_dict: bool = True
+    attn_implementation: str = "sdpa"
+    model_type: ClassVar[str] = "vjepa2"
 
     def __post_init__(self):
         for name in ("patch_size", "crop_size", "frames_per_clip", "tubelet_size", "in_chans",
@@ -71,6 +87,19 @@ class VJEPA2Config:
             raise ValueError(f"VJEPA2Config.rope_mode must be one of {ROPE_MODES}, got {self.rope_mode!r}")
         if self.rope_grid not in ROPE_GRIDS:
             raise ValueError(f"VJEPA2Config.rope_grid must be one of {ROPE_GRIDS}, got {self.rope_grid!r}")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"VJEPA2Config.attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, "
+                             f"got {self.attn_implementation!r}")
+
+    @property
+    def _attn_implementation(self) -> str:
+        """transformers' name for attn_implementation (its tests set `config._attn_implementation`)."""
+        return self.attn_implementation
+
+    @_attn_implementation.setter
+    def _attn_implementation(self, value: str) -> None:
+        self.attn_implementation = value
+        self.__post_init__()
 
     @property
     def grid_size(self) -> int:
@@ -90,29 +119,61 @@ class VJEPA2Config:
             raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
         return cls(**PRESETS[name])
 
-    def to_hf_dict(self) -> dict:
+    def to_dict(self) -> dict:
         """The config.json that transformers' VJEPA2Model reads."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-             if f.name not in ("rope_mode", "rope_grid")}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_SAVED}
         d["use_rope_interleave"] = self.rope_mode == "interleave"
-        d["model_type"] = "vjepa2"
+        d["model_type"] = self.model_type
         d["architectures"] = ["VJEPA2Model"]
         return d
 
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        from vjepa_fast.files import atomic_write
+        text = self.to_json_string()
+        atomic_write(Path(directory) / "config.json", lambda p: Path(p).write_text(text))
+
     @classmethod
-    def from_hf_dict(cls, d: dict) -> "VJEPA2Config":
+    def from_pretrained(cls, path_or_hub_id: str | Path) -> "VJEPA2Config":
+        """config.json of a checkpoint directory or hub id (ours or transformers')."""
+        from vjepa_fast.checkpoints import Source, read_config
+        return cls.from_dict(read_config(Source(str(path_or_hub_id)).resolve()))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VJEPA2Config":
         """Reads a transformers config.json; keys this model does not use are ignored."""
         if d.get("model_type", "vjepa2") != "vjepa2":
-            raise ValueError(f"config.json: model_type must be 'vjepa2', got {d['model_type']!r}")
-        names = {f.name for f in dataclasses.fields(cls)} - {"rope_mode", "rope_grid"}
+            raise ValueError(f"config: model_type must be 'vjepa2', got {d['model_type']!r}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"rope_mode"}
         kwargs = {k: v for k, v in d.items() if k in names}
         if isinstance(kwargs.get("patch_size"), (list, tuple)):
             sizes = set(kwargs["patch_size"])
             if len(sizes) != 1:
-                raise ValueError(f"config.json: only square patches are supported, got {d['patch_size']}")
+                raise ValueError(f"config: only square patches are supported, got {d['patch_size']}")
             kwargs["patch_size"] = sizes.pop()
         kwargs["rope_mode"] = "interleave" if d.get("use_rope_interleave", False) else "tile"
         return cls(**kwargs)
+
+    @classmethod
+    def coerce(cls, config) -> "VJEPA2Config":
+        """A `cls` from ours (any VJEPA2Config), a transformers VJEPA2Config, or either's dict."""
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, VJEPA2Config):
+            common = {f.name for f in dataclasses.fields(VJEPA2Config)}
+            return cls(**{name: getattr(config, name) for name in common})
+        if isinstance(config, dict):
+            return cls.from_dict(config)
+        if getattr(config, "model_type", None) == "vjepa2" and callable(getattr(config, "to_dict", None)):
+            d = config.to_dict()  # a transformers VJEPA2Config: its attention choice is not in to_dict
+            if getattr(config, "_attn_implementation", None) == "eager":
+                d["attn_implementation"] = "eager"
+            return cls.from_dict(d)
+        raise TypeError(f"config must be a VJEPA2Config (vjepa_fast's or transformers') or a dict, "
+                        f"got {type(config).__name__}"
+                        + (f" with model_type {config.model_type!r}" if hasattr(config, "model_type") else ""))
 
 
 _VITG = dict(hidden_size=1408, num_hidden_layers=40, num_attention_heads=22, mlp_ratio=48 / 11)

@@ -12,8 +12,10 @@ from torch.utils.checkpoint import checkpoint
 from vjepa_fast.config import IMAGENET_MEAN, IMAGENET_STD, VJEPA2Config
 from vjepa_fast.ops.masked_gather import masked_gather
 from vjepa_fast.ops.rope import Rope, make_rope, token_positions
-from vjepa_fast.ops.rope_attention import rope_attention
+from vjepa_fast.ops.rope_attention import rope_attention, rope_attention_weights
 from vjepa_fast.ops.tubelet_embed import tubelet_embed
+from vjepa_fast.outputs import ModelOutput
+from vjepa_fast.pretrained import PreTrainedMixin, finish_loading, resolve_device, resolve_dtype
 
 
 class Block(nn.Module):
@@ -22,7 +24,9 @@ class Block(nn.Module):
     The one block of the encoder, the predictor and the AC predictor. The AC predictor's
     variants are arguments: causal_block > 0 makes attention block-causal over steps of that
     many tokens; `past` (k, v) of earlier steps are put before this call's keys and values (then
-    k_rope covers them all), and `keep`, a list, receives this call's (k, v) for a cache."""
+    k_rope covers them all), and `keep`, a list, receives this call's (k, v) for a cache.
+    `probs`, a list, asks for the explicit softmax (attn_implementation="eager") instead of the
+    fused op, and receives the attention probabilities (B, heads, N, Nk)."""
 
     def __init__(self, dim: int, heads: int, mlp_hidden: int, eps: float, qkv_bias: bool):
         super().__init__()
@@ -35,14 +39,16 @@ class Block(nn.Module):
         self.fc2 = nn.Linear(mlp_hidden, dim)
 
     def forward(self, x: Tensor, rope: Rope, causal_block: int = 0, k_rope: Rope | None = None,
-                past: tuple[Tensor, Tensor] | None = None, keep: list | None = None) -> Tensor:
-        x = x + self.attention(self.norm1(x), rope, causal_block, k_rope, past, keep)
+                past: tuple[Tensor, Tensor] | None = None, keep: list | None = None,
+                probs: list | None = None) -> Tensor:
+        x = x + self.attention(self.norm1(x), rope, causal_block, k_rope, past, keep, probs)
         return x + self.mlp(self.norm2(x))
 
     # Attention and MLP are separate calls so that q, k, v (3x the activations) are freed before
     # the MLP's wide hidden layer is allocated: the block's peak memory is the MLP's, as in transformers.
     def attention(self, x: Tensor, rope: Rope, causal_block: int = 0, k_rope: Rope | None = None,
-                  past: tuple[Tensor, Tensor] | None = None, keep: list | None = None) -> Tensor:
+                  past: tuple[Tensor, Tensor] | None = None, keep: list | None = None,
+                  probs: list | None = None) -> Tensor:
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, hd)
@@ -50,7 +56,12 @@ class Block(nn.Module):
             k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)  # (B, heads, Nk, hd)
         if keep is not None:
             keep.append((k, v))
-        a = rope_attention(q, k, v, rope, k_rope, causal_block)  # (B, heads, N, hd)
+        if probs is None:
+            a = rope_attention(q, k, v, rope, k_rope, causal_block)  # (B, heads, N, hd)
+        else:
+            weights = rope_attention_weights(q, k, rope, k_rope, causal_block)  # (B, heads, N, Nk)
+            probs.append(weights)
+            a = weights @ v
         return self.proj(a.transpose(1, 2).reshape(B, N, D))
 
     def mlp(self, x: Tensor) -> Tensor:
@@ -64,12 +75,20 @@ class Block(nn.Module):
         return self.fc2(h)
 
 
-def run_blocks(blocks: nn.ModuleList, x: Tensor, rope: Rope, use_checkpointing: bool, causal_block: int = 0) -> Tensor:
+def run_blocks(blocks: nn.ModuleList, x: Tensor, rope: Rope, use_checkpointing: bool, causal_block: int = 0,
+               hidden_states: list | None = None, attentions: list | None = None) -> Tensor:
+    """The blocks in turn. hidden_states, a list, receives the input and every block's output;
+    attentions, a list, selects the explicit attention and receives its probabilities (block
+    checkpointing recomputes them in the backward pass; the recomputed copies are not kept)."""
     for block in blocks:
+        if hidden_states is not None:
+            hidden_states.append(x)
         if use_checkpointing and torch.is_grad_enabled():
-            x = checkpoint(block, x, rope, causal_block, use_reentrant=False)
+            x = checkpoint(block, x, rope, causal_block, None, None, None, attentions, use_reentrant=False)
         else:
-            x = block(x, rope, causal_block)
+            x = block(x, rope, causal_block, probs=attentions)
+    if hidden_states is not None:
+        hidden_states.append(x)
     return x
 
 
@@ -112,13 +131,31 @@ def check_video(video: Tensor, config: VJEPA2Config, check_finite: bool = False)
         raise ValueError("pixel_values_videos contains NaN or inf")
 
 
+class TubeletEmbedding(nn.Module):
+    """The patch embedding: a stride-(t, p, p) Conv3d, kept in the Conv3d's weight layout."""
+
+    def __init__(self, config: VJEPA2Config):
+        super().__init__()
+        c = config
+        self.weight = nn.Parameter(torch.empty(c.hidden_size, c.in_chans, c.tubelet_size, c.patch_size, c.patch_size))
+        self.bias = nn.Parameter(torch.empty(c.hidden_size))
+
+    def forward(self, video: Tensor, token_ids: Tensor | None = None) -> Tensor:
+        """(B, T, C, H, W) -> (B, N or K, D). uint8 video holds crops as decoded: the ImageNet
+        normalisation runs inside the embedding (fused into the kernel on CUDA), so float pixels
+        never fill memory."""
+        mean = std = None
+        if video.dtype == torch.uint8:
+            mean, std = (torch.tensor(s, device=video.device) * 255.0 for s in (IMAGENET_MEAN, IMAGENET_STD))
+        return tubelet_embed(video, self.weight, self.bias, token_ids, mean, std)
+
+
 class Encoder(nn.Module):
     def __init__(self, config: VJEPA2Config):
         super().__init__()
         c = config
         self.config = c
-        self.patch_weight = nn.Parameter(torch.empty(c.hidden_size, c.in_chans, c.tubelet_size, c.patch_size, c.patch_size))
-        self.patch_bias = nn.Parameter(torch.empty(c.hidden_size))
+        self.patch_embed = TubeletEmbedding(c)
         self.blocks = nn.ModuleList(
             Block(c.hidden_size, c.num_attention_heads, c.mlp_hidden_size, c.layer_norm_eps, c.qkv_bias)
             for _ in range(c.num_hidden_layers))
@@ -145,21 +182,18 @@ class Encoder(nn.Module):
             return self.config.grid_size, self.config.grid_size
         return self.grid(video)[1:]
 
-    def forward(self, video: Tensor, token_ids: Tensor | None = None) -> Tensor:
-        """(B, T, C, H, W) -> (B, N, D) after the final LayerNorm. With token_ids (B, K), only
-        those tokens are embedded and encoded (they attend only to each other): Meta's context encoder.
-        uint8 video holds crops as decoded: the ImageNet normalisation runs inside the embedding
-        (fused into the kernel on CUDA), so float pixels never fill memory."""
+    def forward(self, video: Tensor, token_ids: Tensor | None = None, hidden_states: list | None = None,
+                attentions: list | None = None) -> Tensor:
+        """(B, T, C, H, W) float or uint8 -> (B, N, D) after the final LayerNorm. With token_ids
+        (B, K), only those tokens are embedded and encoded (they attend only to each other): Meta's
+        context encoder. hidden_states and attentions: see run_blocks."""
         video = self.frames(video)
         Tp, Hp, Wp = self.grid(video)
-        mean = std = None
-        if video.dtype == torch.uint8:
-            mean, std = (torch.tensor(s, device=video.device) * 255.0 for s in (IMAGENET_MEAN, IMAGENET_STD))
-        x = tubelet_embed(video, self.patch_weight, self.patch_bias, token_ids, mean, std)  # (B, N or K, D)
+        x = self.patch_embed(video, token_ids)  # (B, N or K, D)
         ids = torch.arange(Tp * Hp * Wp, device=x.device)[None] if token_ids is None else token_ids
         rope = make_rope(token_positions(ids, *self.position_grid(video)),
                          self.config.hidden_size // self.config.num_attention_heads, self.config.rope_mode)
-        x = run_blocks(self.blocks, x, rope, self.gradient_checkpointing)
+        x = run_blocks(self.blocks, x, rope, self.gradient_checkpointing, 0, hidden_states, attentions)
         return self.norm(x)
 
 
@@ -193,16 +227,26 @@ class Predictor(nn.Module):
 
 
 @dataclass
-class PredictorOutput:
-    last_hidden_state: Tensor      # (M*B, Nt, D) predictions at the target tokens
-    target_hidden_state: Tensor    # (M*B, Nt, D) encoder output gathered at the target tokens
+class PredictorOutput(ModelOutput):
+    last_hidden_state: Tensor                  # (M*B, Nt, D) predictions at the target tokens
+    target_hidden_state: Tensor | None = None  # (M*B, Nt, D) encoder output gathered at the target tokens
 
 
 @dataclass
-class VJEPA2Output:
+class VJEPA2Output(ModelOutput):
+    """transformers' fields in its order (which to_tuple follows)."""
     last_hidden_state: Tensor                       # (B, N, D) encoder output
     masked_hidden_state: Tensor                     # (M*B, Nc, D) encoder output at the context tokens
     predictor_output: PredictorOutput | None = None
+    hidden_states: tuple[Tensor, ...] | None = None  # embeddings and every block's output, (B, N, D) each
+    attentions: tuple[Tensor, ...] | None = None     # every block's probabilities, (B, heads, N, N)
+
+    def to_tuple(self) -> tuple:
+        out = super().to_tuple()
+        # As transformers: the predictor output becomes a tuple too, but only when it comes last.
+        if isinstance(out[-1], PredictorOutput):
+            out = out[:-1] + (out[-1].to_tuple(),)
+        return out
 
 
 def gather_tokens(x: Tensor, masks: list[Tensor]) -> Tensor:
@@ -229,11 +273,14 @@ def check_masks(name: str, masks, batch: int, num_tokens: int, device) -> list[T
     return out
 
 
-class VJEPA2Model(nn.Module):
-    """Drop-in for transformers' VJEPA2Model: same forward signature, outputs and checkpoints."""
+class VJEPA2Model(PreTrainedMixin, nn.Module):
+    """Drop-in for transformers' VJEPA2Model: same forward signature, outputs and checkpoints.
+    config: ours, a transformers VJEPA2Config, or either's dict."""
+    config_class = VJEPA2Config
 
     def __init__(self, config: VJEPA2Config):
         super().__init__()
+        config = VJEPA2Config.coerce(config)
         self.config = config
         self.encoder = Encoder(config)
         self.predictor = Predictor(config)
@@ -243,24 +290,31 @@ class VJEPA2Model(nn.Module):
         c = self.config
         init_weights(self.encoder, c.initializer_range, self.encoder.blocks)
         # The tubelet embedding is a Conv3d in every checkpoint: keep its initialisation too.
-        nn.init.trunc_normal_(self.encoder.patch_weight, std=c.initializer_range)
-        nn.init.zeros_(self.encoder.patch_bias)
+        nn.init.trunc_normal_(self.encoder.patch_embed.weight, std=c.initializer_range)
+        nn.init.zeros_(self.encoder.patch_embed.bias)
         init_weights(self.predictor, c.initializer_range, self.predictor.blocks)
         if c.pred_zero_init_mask_tokens:
             nn.init.zeros_(self.predictor.mask_tokens)
         else:
             nn.init.trunc_normal_(self.predictor.mask_tokens, std=c.initializer_range)
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.encoder.patch_embed
+
     def forward(self, pixel_values_videos: Tensor, context_mask: list[Tensor] | None = None,
                 target_mask: list[Tensor] | None = None, skip_predictor: bool = False,
-                check_finite: bool = False) -> VJEPA2Output:
+                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, check_finite: bool = False) -> VJEPA2Output | tuple:
         """Encodes the whole clip, then (like transformers) gathers the context tokens from it.
         The i-th context mask is paired with the i-th target mask; outputs stack the pairs along
-        the batch (M*B rows). check_finite=True rejects NaN/inf input."""
+        the batch (M*B rows). output_attentions needs attn_implementation="eager" (the fused op
+        never forms the probabilities); the three output flags default to the config's.
+        check_finite=True rejects NaN/inf input."""
         check_video(pixel_values_videos, self.config, check_finite)
+        hidden_states, attentions, return_dict = self.output_lists(output_attentions, output_hidden_states, return_dict)
         encoder = self.encoder
         video = encoder.frames(pixel_values_videos)
-        hidden = encoder(video)  # (B, N, D)
+        hidden = encoder(video, None, hidden_states, attentions)  # (B, N, D)
         B, N, _ = hidden.shape
         if (context_mask is None) != (target_mask is None):
             raise ValueError("context_mask and target_mask must be given together (or neither)")
@@ -281,17 +335,50 @@ class VJEPA2Model(nn.Module):
         if not skip_predictor:
             pred = self.predictor(masked, context_ids, target_ids, encoder.position_grid(video))
             predictor_output = PredictorOutput(pred, target)
-        return VJEPA2Output(hidden, masked, predictor_output)
+        out = VJEPA2Output(hidden, masked, predictor_output, tuple(hidden_states) if hidden_states else None,
+                           tuple(attentions) if attentions else None)
+        return out if return_dict else out.to_tuple()
+
+    def output_lists(self, output_attentions, output_hidden_states, return_dict) -> tuple[list | None, list | None, bool]:
+        """The forward flags, defaulted from the config, as the lists run_blocks fills (None: not
+        recorded) and return_dict."""
+        c = self.config
+        output_attentions = c.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = c.output_hidden_states if output_hidden_states is None else output_hidden_states
+        if output_attentions and c.attn_implementation != "eager":
+            raise ValueError(f"output_attentions=True needs the explicit attention path, but this model runs the "
+                             f"fused RoPE-attention op (attn_implementation={c.attn_implementation!r}): load it "
+                             "with from_pretrained(..., attn_implementation='eager') or set "
+                             "model.config.attn_implementation = 'eager'")
+        attentions = [] if c.attn_implementation == "eager" else None
+        if attentions is not None and not output_attentions:
+            attentions = _Discard()
+        return [] if output_hidden_states else None, attentions, c.return_dict if return_dict is None else return_dict
 
     def get_vision_features(self, pixel_values_videos: Tensor, check_finite: bool = False) -> Tensor:
         """(B, T, C, H, W) -> (B, N, D) encoder output."""
         check_video(pixel_values_videos, self.config, check_finite)
         return self.encoder(pixel_values_videos)
 
+    def checkpoint_state(self) -> dict[str, Tensor]:
+        from vjepa_fast.checkpoints import ours_to_hf
+        return ours_to_hf(self)
+
     @classmethod
-    def from_pretrained(cls, path_or_hub_id: str, rope_grid: str | None = None) -> "VJEPA2Model":
-        from vjepa_fast.checkpoints import load_pretrained
-        return load_pretrained(cls, path_or_hub_id, rope_grid)
+    def from_pretrained(cls, pretrained_model_name_or_path: str, *, config=None, dtype=None, torch_dtype=None,
+                        device_map=None, attn_implementation: str | None = None, revision: str | None = None,
+                        cache_dir: str | None = None, local_files_only: bool = False, token: str | bool | None = None,
+                        subfolder: str = "", output_loading_info: bool = False, rope_grid: str | None = None):
+        """A transformers VJEPA2Model (or VJEPA2ForVideoClassification: its backbone) checkpoint
+        directory or hub id, with transformers' arguments; rope_grid (ours) overrides the config's."""
+        from vjepa_fast.checkpoints import Source, load_model_state, prepare_loading
+        dtype, device = resolve_dtype(dtype, torch_dtype), resolve_device(device_map)
+        source = Source(str(pretrained_model_name_or_path), revision, cache_dir, local_files_only, token, subfolder)
+        model, directory, auto_dtype, state = prepare_loading(
+            cls, source, config, dict(attn_implementation=attn_implementation, rope_grid=rope_grid))
+        info = load_model_state(model, state, directory)
+        model = finish_loading(model, dtype, device, auto_dtype)
+        return (model, info) if output_loading_info else model
 
     @classmethod
     def from_meta_checkpoint(cls, path: str, config: VJEPA2Config | None = None,
@@ -299,6 +386,9 @@ class VJEPA2Model(nn.Module):
         from vjepa_fast.checkpoints import load_meta_checkpoint
         return load_meta_checkpoint(cls, path, config, encoder_key)
 
-    def save_pretrained(self, directory: str) -> None:
-        from vjepa_fast.checkpoints import save_pretrained
-        save_pretrained(self, directory)
+
+class _Discard(list):
+    """A list that keeps nothing: the eager path runs without keeping its probabilities."""
+
+    def append(self, item) -> None:
+        pass

@@ -14,6 +14,7 @@ The processor recipe (transformers' BaseVideoProcessor running torchvision's v2 
 """
 from __future__ import annotations
 
+import json
 import math
 import platform
 from dataclasses import dataclass
@@ -34,13 +35,23 @@ _RESIZE_CHUNK = 8
 
 @dataclass
 class ProcessorConfig:
+    """transformers' VJEPA2VideoProcessor options. resize_size (its size["shortest_edge"]) is
+    int(crop_size * 256 / 224) unless given; the do_* flags switch the recipe's steps off."""
     crop_size: int = 256
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    resize_size: int | None = None
+    do_resize: bool = True
+    do_center_crop: bool = True
+    do_rescale: bool = True
+    do_normalize: bool = True
+    rescale_factor: float = 1 / 255
 
     def __post_init__(self):
-        if not isinstance(self.crop_size, int) or isinstance(self.crop_size, bool) or self.crop_size < 1:
-            raise ValueError(f"ProcessorConfig.crop_size must be a positive int, got {self.crop_size!r}")
+        for name in ("crop_size", "resize_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"ProcessorConfig.{name} must be a positive int, got {value!r}")
         self.mean, self.std = tuple(self.mean), tuple(self.std)
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError(f"ProcessorConfig.mean and std must hold 3 values (R, G, B), "
@@ -51,7 +62,36 @@ class ProcessorConfig:
     @property
     def shortest_edge(self) -> int:
         """The resize target of the shortest edge, before the centre crop (256 -> 292)."""
-        return int(self.crop_size * 256 / 224)
+        return int(self.crop_size * 256 / 224) if self.resize_size is None else self.resize_size
+
+    def to_dict(self) -> dict:
+        """video_preprocessor_config.json as transformers writes it."""
+        return {"crop_size": {"height": self.crop_size, "width": self.crop_size},
+                "do_center_crop": self.do_center_crop, "do_normalize": self.do_normalize,
+                "do_rescale": self.do_rescale, "do_resize": self.do_resize, "image_mean": list(self.mean),
+                "image_std": list(self.std), "resample": 2, "rescale_factor": self.rescale_factor,
+                "size": {"shortest_edge": self.shortest_edge}, "video_processor_type": "VJEPA2VideoProcessor"}
+
+    @classmethod
+    def from_dict(cls, d: dict, overrides: dict | None = None) -> "ProcessorConfig":
+        """A processor config.json (transformers' names); overrides: per-call options, same names.
+        As transformers' VJEPA2VideoProcessor, a saved size follows crop_size; a per-call one counts."""
+        kind = d.get("video_processor_type") or d.get("image_processor_type") or d.get("processor_class")
+        if kind not in (None, "VJEPA2VideoProcessor"):
+            raise ValueError(f"processor config: expected a VJEPA2VideoProcessor, got {kind!r}")
+        merged = {**d, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+        crop = merged.get("crop_size", 256)
+        if isinstance(crop, dict):
+            if crop.get("height") != crop.get("width") or "height" not in crop:
+                raise ValueError(f"crop_size: expected a square crop (an int or height == width), got {crop}")
+            crop = crop["height"]
+        size = (overrides or {}).get("size")
+        if size is not None and (not isinstance(size, dict) or set(size) != {"shortest_edge"}):
+            raise ValueError(f"size: expected {{'shortest_edge': n}} (the resize before the crop), got {size!r}")
+        return cls(crop_size=crop, mean=merged.get("image_mean", IMAGENET_MEAN), std=merged.get("image_std", IMAGENET_STD),
+                   resize_size=None if size is None else size["shortest_edge"],
+                   **{k: merged[k] for k in ("do_resize", "do_center_crop", "do_rescale", "do_normalize",
+                                            "rescale_factor") if k in merged})
 
 
 def resized_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
@@ -68,16 +108,18 @@ def _native_uint8_resize(device: torch.device) -> bool:
     return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
 
 
-def resize_uint8(frames: Tensor, size: tuple[int, int]) -> Tensor:
-    """(T, 3, H, W) uint8 -> (T, 3, *size) uint8, bilinear with antialias (see the module docstring)."""
+def resize(frames: Tensor, size: tuple[int, int]) -> Tensor:
+    """(T, 3, H, W) -> (T, 3, *size), bilinear with antialias (see the module docstring). uint8
+    stays uint8; float frames are interpolated in float32, as torchvision does."""
     if tuple(frames.shape[-2:]) == tuple(size):
         return frames
-    native = _native_uint8_resize(frames.device)
+    uint8 = frames.dtype == torch.uint8
+    native = uint8 and _native_uint8_resize(frames.device)
     out = []
     for chunk in frames.split(_RESIZE_CHUNK):
         x = chunk if native else chunk.float()
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        out.append(x if native else x.round_().to(torch.uint8))
+        out.append(x.round_().to(torch.uint8) if uint8 and not native else x)
     return torch.cat(out)
 
 
@@ -97,36 +139,137 @@ def _channels_first(frames: Tensor, channels_last: bool | None) -> Tensor:
     return frames.movedim(-1, -3) if channels_last else frames
 
 
-class VideoProcessor:
-    """uint8 frames -> float32 pixels for the encoder, as transformers' VJEPA2VideoProcessor.
+def _as_tensor(frames) -> Tensor:
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(frames)
+    if not isinstance(frames, Tensor):
+        raise TypeError(f"frames: expected a torch.Tensor or numpy array of pixels, got {type(frames).__name__}")
+    if frames.dtype != torch.uint8 and not frames.is_floating_point():
+        raise TypeError(f"frames: expected uint8 pixels (as decoded) or floats in [0, 255], got {frames.dtype}")
+    return frames
 
-    processor(frames): (T, H, W, 3) or (T, 3, H, W) -> (T, 3, crop, crop);
-    a batch (B, T, ...) -> (B, T, 3, crop, crop), the encoder's layout. The layout is read from
-    where the 3 channels are; channels_last=True/False says it when both places hold 3."""
+
+class VideoBatch(dict):
+    """What the processor returns, as transformers' BatchFeature: a dict (so `model(**batch)`
+    works) whose keys are also attributes, with `.to(device or dtype)`."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"VideoBatch has no {name!r}; it has {sorted(self)}") from None
+
+    def to(self, device_or_dtype) -> "VideoBatch":
+        """Tensors moved to a device, or floating tensors cast to a dtype."""
+        if isinstance(device_or_dtype, torch.dtype):
+            return VideoBatch({k: v.to(device_or_dtype) if v.is_floating_point() else v for k, v in self.items()})
+        return VideoBatch({k: v.to(device_or_dtype) for k, v in self.items()})
+
+
+RETURN_TENSORS = (None, "pt", "np")
+
+
+class VideoProcessor:
+    """Frames -> the encoder's pixels, as transformers' VJEPA2VideoProcessor (also importable
+    under that name), including its interface:
+
+    processor(videos, return_tensors="pt") takes one video ((T, H, W, 3) or (T, 3, H, W), uint8
+    or float, tensor or numpy; an image is a one-frame video) or a batch (a list of videos, or
+    one 5-d array) and returns {"pixel_values_videos": (B, T, 3, crop, crop)}; the keyword options
+    transformers takes (crop_size, size, do_resize, ...) override the config for one call.
+    processor.process(frames) is the same recipe on a tensor: (T, ...) -> (T, 3, crop, crop),
+    (B, T, ...) -> (B, T, 3, crop, crop). The layout is read from where the 3 channels are;
+    channels_last=True/False says it when both places hold 3."""
 
     def __init__(self, config: ProcessorConfig | None = None):
         self.config = ProcessorConfig() if config is None else config
 
-    def __call__(self, frames: Tensor | np.ndarray, channels_last: bool | None = None) -> Tensor:
-        if isinstance(frames, np.ndarray):
-            frames = torch.from_numpy(frames)
-        if not isinstance(frames, Tensor):
-            raise TypeError(f"frames: expected a uint8 torch.Tensor or numpy array, got {type(frames).__name__}")
-        if frames.dtype != torch.uint8:
-            raise TypeError(f"frames: expected uint8 pixels (as decoded), got {frames.dtype}")
+    def __call__(self, videos, return_tensors: str | None = None, crop_size: int | dict | None = None,
+                 size: dict | None = None, do_resize: bool | None = None, do_center_crop: bool | None = None,
+                 do_rescale: bool | None = None, do_normalize: bool | None = None, image_mean=None, image_std=None,
+                 rescale_factor: float | None = None, channels_last: bool | None = None) -> VideoBatch:
+        if return_tensors not in RETURN_TENSORS:
+            raise ValueError(f"return_tensors must be one of {RETURN_TENSORS} ('pt': torch, 'np': numpy, "
+                             f"None: a list of tensors), got {return_tensors!r}")
+        overrides = dict(crop_size=crop_size, size=size, do_resize=do_resize, do_center_crop=do_center_crop,
+                         do_rescale=do_rescale, do_normalize=do_normalize, image_mean=image_mean,
+                         image_std=image_std, rescale_factor=rescale_factor)
+        config = self.config
+        if any(v is not None for v in overrides.values()):
+            config = ProcessorConfig.from_dict(self.config.to_dict() | {"size": None}, overrides)
+        if isinstance(videos, (list, tuple)):
+            if videos and all(getattr(_as_tensor(v), "ndim", 0) == 3 for v in videos):
+                videos = [torch.stack([_as_tensor(v) for v in videos])]  # a list of frames is one video
+        else:
+            videos = _as_tensor(videos)
+            videos = list(videos) if videos.dim() == 5 else [videos[None] if videos.dim() == 3 else videos]
+        if not videos:
+            raise ValueError("videos: expected a video or a non-empty list of videos, got an empty list")
+        out = [_process(_as_tensor(v), config, channels_last) for v in videos]
+        if return_tensors is None:
+            return VideoBatch(pixel_values_videos=out)
+        if len({v.shape for v in out}) > 1:
+            raise ValueError(f"videos: return_tensors={return_tensors!r} stacks the videos, but they come out in "
+                             f"different shapes {sorted({tuple(v.shape) for v in out})} (different frame counts, "
+                             "or sizes without the centre crop); pass return_tensors=None for a list")
+        stacked = torch.stack(out)
+        return VideoBatch(pixel_values_videos=stacked.numpy() if return_tensors == "np" else stacked)
+
+    def process(self, frames: Tensor | np.ndarray, channels_last: bool | None = None) -> Tensor:
+        frames = _as_tensor(frames)
         if frames.dim() not in (4, 5):
             raise ValueError(f"frames: expected (T, H, W, 3), (T, 3, H, W) or a batch of those, "
                              f"got shape {tuple(frames.shape)}")
-        frames = _channels_first(frames, channels_last)
-        *lead, _, H, W = frames.shape
-        if H == 0 or W == 0 or 0 in lead:
-            raise ValueError(f"frames: empty video of shape {tuple(frames.shape)}")
-        c = self.config
-        frames = resize_uint8(frames.reshape(-1, 3, H, W), resized_size(H, W, c.shortest_edge))
+        return _process(frames, self.config, channels_last)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, *, revision: str | None = None,
+                        cache_dir: str | None = None, local_files_only: bool = False,
+                        token: str | bool | None = None, subfolder: str = "") -> "VideoProcessor":
+        """video_preprocessor_config.json (or the older preprocessor_config.json) of a checkpoint
+        directory or hub id."""
+        from vjepa_fast.checkpoints import CheckpointError, Source
+        directory = Source(str(pretrained_model_name_or_path), revision, cache_dir, local_files_only, token,
+                           subfolder).resolve()
+        for name in PROCESSOR_FILES:
+            if (directory / name).is_file():
+                return cls(ProcessorConfig.from_dict(json.loads((directory / name).read_text())))
+        raise CheckpointError(f"{directory}: no {' or '.join(PROCESSOR_FILES)}")
+
+    def save_pretrained(self, save_directory: str | Path) -> None:
+        from vjepa_fast.files import atomic_write
+        text = json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n"
+        atomic_write(Path(save_directory) / PROCESSOR_FILES[0], lambda p: Path(p).write_text(text))
+
+
+PROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
+
+
+def _process(frames: Tensor, c: ProcessorConfig, channels_last: bool | None) -> Tensor:
+    """The recipe on (..., T, H, W, 3) or (..., T, 3, H, W) frames -> (..., T, 3, crop, crop)."""
+    frames = _channels_first(frames, channels_last)
+    *lead, _, H, W = frames.shape
+    if H == 0 or W == 0 or 0 in lead:
+        raise ValueError(f"frames: empty video of shape {tuple(frames.shape)}")
+    frames = frames.reshape(-1, 3, H, W)
+    if frames.dtype == torch.float64:
+        frames = frames.float()
+    if c.do_resize:
+        frames = resize(frames, resized_size(H, W, c.shortest_edge))
+    if c.do_center_crop:
         h, w = frames.shape[-2:]
         top, left = (h - c.crop_size) // 2, (w - c.crop_size) // 2
+        if top < 0 or left < 0:
+            raise ValueError(f"frames: {h}x{w} frames are smaller than crop_size={c.crop_size}; resize them first")
         frames = frames[..., top:top + c.crop_size, left:left + c.crop_size]
-        return normalize(frames, c.mean, c.std).reshape(*lead, 3, c.crop_size, c.crop_size)
+    if c.do_normalize and c.do_rescale and c.rescale_factor == 1 / 255:
+        frames = normalize(frames, c.mean, c.std)  # the released recipe, rounded as transformers does
+    elif c.do_normalize or c.do_rescale:
+        frames = frames.float() * (c.rescale_factor if c.do_rescale else 1.0)
+        if c.do_normalize:
+            m, s = (torch.tensor(v, device=frames.device)[:, None, None] for v in (c.mean, c.std))
+            frames = (frames - m) / s
+    return frames.reshape(*lead, *frames.shape[-3:])
 
 
 def normalize(frames: Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> Tensor:

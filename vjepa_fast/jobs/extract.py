@@ -82,7 +82,7 @@ def extract(config: ExtractConfig, model: VJEPA2Model | None = None) -> dict[str
     if missing:
         raise FileNotFoundError(f"videos: no such file(s): {', '.join(missing)}")
     if model is None:
-        model = VJEPA2Model.from_pretrained(config.model, config.rope_grid)
+        model = VJEPA2Model.from_pretrained(config.model, rope_grid=config.rope_grid)
     dtype = DTYPES[config.dtype]
     device = cli.resolve_device(config.device)
     model = model.to(device=device, dtype=dtype).eval()
@@ -92,7 +92,7 @@ def extract(config: ExtractConfig, model: VJEPA2Model | None = None) -> dict[str
     keys = feature_keys(config.videos)
     for key, video in tqdm(list(zip(keys, config.videos)), desc="extract", unit="video"):
         clip = load_clip(video, sampling)
-        pixels = processor(clip.frames.to(device))[None].to(dtype)  # (1, T, 3, crop, crop)
+        pixels = processor.process(clip.frames.to(device))[None].to(dtype)  # (1, T, 3, crop, crop)
         with torch.inference_mode():
             features[key] = model.get_vision_features(pixels).cpu().contiguous()  # (1, N, D)
         sources[key] = {"path": str(video), "frame_indices": clip.indices.tolist(),

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from vjepa_fast.checkpoints import resolve
+from vjepa_fast.checkpoints import Source, read_config
 from vjepa_fast.files import atomic_write
 from vjepa_fast.jobs import cli
 from vjepa_fast.jobs.loop import Run, Schedule, param_groups
@@ -214,7 +214,7 @@ def probe_crop_size(config: ProbeConfig) -> int:
     """The physics clips are drawn at the encoder's crop size (read before any weights are loaded)."""
     if not config.model:
         return VJEPA2Config.from_name(config.preset).crop_size
-    return json.loads((resolve(config.model) / "config.json").read_text())["crop_size"]
+    return VJEPA2Config.from_pretrained(config.model).crop_size
 
 
 # ---- Model ----------------------------------------------------------------------------------
@@ -225,8 +225,8 @@ def load_model(config: ProbeConfig, names: list[str]) -> VJEPA2ForVideoClassific
     if not config.model:
         torch.manual_seed(config.seed)
         return VJEPA2ForVideoClassification.from_encoder(VJEPA2Model(VJEPA2Config.from_name(config.preset)), names)
-    directory = resolve(config.model)
-    architectures = json.loads((directory / "config.json").read_text()).get("architectures") or []
+    directory = Source(config.model).resolve()
+    architectures = read_config(directory).get("architectures") or []
     if "VJEPA2ForVideoClassification" not in architectures:
         return VJEPA2ForVideoClassification.from_encoder(VJEPA2Model.from_pretrained(str(directory)), names)
     model = VJEPA2ForVideoClassification.from_pretrained(str(directory))
@@ -271,7 +271,7 @@ def video_pixels(data, i: int, config: ProbeConfig, frames: int, processor: Vide
     """Sample i as encoder input (clips*views, frames, 3, crop, crop), and its label."""
     raw, label = data.read(i, frames, config.frame_step, config.clips)
     raw = raw.view(config.clips, frames, *raw.shape[1:])  # (clips, frames, 3, H, W)
-    pixels = [processor(view) for clip in raw for view in spatial_views(clip, config.views)]
+    pixels = [processor.process(view) for clip in raw for view in spatial_views(clip, config.views)]
     return torch.stack(pixels), label
 
 

@@ -59,6 +59,23 @@ def rope_attention_ref(q: Tensor, k: Tensor, v: Tensor, q_rope: Rope, k_rope: Ro
     return torch.cat(out, dim=2)
 
 
+def rope_attention_weights(q: Tensor, k: Tensor, q_rope: Rope, k_rope: Rope | None = None,
+                           causal_block: int = 0) -> Tensor:
+    """The softmax probabilities (B, heads, Nq, Nk) that rope_attention_ref applies to v (the same
+    rotation, scale and block-causal rule), formed explicitly, in fp32 then cast back, as
+    transformers' eager attention does: for callers that return them."""
+    k_rope = q_rope if k_rope is None else k_rope
+    q = apply_rope_ref(q, q_rope.cos, q_rope.sin)
+    k = apply_rope_ref(k, k_rope.cos, k_rope.sin)
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, heads, Nq, Nk)
+    if causal_block > 0:
+        Nq, Nk = q.shape[2], k.shape[2]
+        query_step = (torch.arange(Nq, device=q.device) + Nk - Nq) // causal_block
+        key_step = torch.arange(Nk, device=q.device) // causal_block
+        scores = scores.masked_fill(key_step[None, :] > query_step[:, None], float("-inf"))
+    return torch.softmax(scores.float(), dim=-1).to(q.dtype)
+
+
 def check_args(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, causal_block: int) -> None:
     """Shapes and dtypes at the op boundary; messages name the op and the argument."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
