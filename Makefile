@@ -18,6 +18,8 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch==2.13.0 triton==3.7.1 torchcodec==0.13.0 pybind11 ninja numpy
 	$(PY) -m pip install -q -e ".[test]" --no-build-isolation
+	$(PY) -m pip install -q --no-deps torchvision==0.28.0  # the reference processor's kernels (tests only)
+	$(PY) .ci/patch_torchvision.py
 	@touch $@
 
 train: setup

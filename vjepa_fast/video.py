@@ -196,7 +196,9 @@ class VideoProcessor:
                          image_std=image_std, rescale_factor=rescale_factor)
         config = self.config
         if any(v is not None for v in overrides.values()):
-            config = ProcessorConfig.from_dict(self.config.to_dict() | {"size": None}, overrides)
+            # As transformers: a per-call crop_size crops the frames resized for the processor's own crop.
+            overrides["size"] = overrides["size"] or {"shortest_edge": self.config.shortest_edge}
+            config = ProcessorConfig.from_dict(self.config.to_dict(), overrides)
         if isinstance(videos, (list, tuple)):
             if videos and all(getattr(_as_tensor(v), "ndim", 0) == 3 for v in videos):
                 videos = [torch.stack([_as_tensor(v) for v in videos])]  # a list of frames is one video
