@@ -1,12 +1,11 @@
 """The video processor and clip loading (vjepa_fast.video).
 
-The processor is checked against transformers' VJEPA2VideoProcessor directly when torchvision
-imports (it runs on torchvision's kernels). It does not here: the only torchvision for torch 2.13
-on PyPI (0.28) is a CUDA build whose compiled ops fail to load next to CPU torch. So the CI
-oracle is a plain re-implementation of the recipe, written per frame and in float64 with its own
-size and crop arithmetic, plus torchvision's rule for which resize path runs (uint8 natively, or
-float32 and round). (Checked once by hand against transformers 5.24 + torchvision 0.28 with a
-shim for its ops: bit-exact on 10 frame sizes x crops 64/256/384 x both resize paths.)
+The processor is checked against transformers' VJEPA2VideoProcessor directly (it runs on
+torchvision's kernels: `make setup` installs torchvision 0.28 --no-deps and guards its CUDA-only op
+registrations, .ci/patch_torchvision.py; where it cannot load, that test skips). Beside it, a plain
+re-implementation of the recipe, written per frame and in float64 with its own size and crop
+arithmetic, pins both of torchvision's resize paths (uint8 natively, or float32 and round), of
+which a machine runs only one.
 """
 import math
 from pathlib import Path
