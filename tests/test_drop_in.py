@@ -348,3 +348,15 @@ def test_processor_return_tensors(lib):
 def test_processor_reads_the_older_file_name(tmp_path):
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({"crop_size": 48}))
     assert vjepa_fast.AutoVideoProcessor.from_pretrained(tmp_path).config.crop_size == 48
+
+
+def test_problem_type_from_pretrained_as_transformers(lib, tmp_path):
+    """transformers' from_pretrained takes problem_type="single_label_classification" with one
+    label (its config constructor does not), and the cross-entropy over one class is 0."""
+    lib.VJEPA2Model(config(lib)).save_pretrained(tmp_path)
+    model = lib.VJEPA2ForVideoClassification.from_pretrained(tmp_path, num_labels=1,
+                                                             problem_type="single_label_classification")
+    assert model(videos(), labels=torch.tensor([0, 0])).loss.item() == 0.0
+    model = lib.VJEPA2ForVideoClassification.from_pretrained(tmp_path, num_labels=1)
+    loss = model(videos(), labels=torch.tensor([0.5, -0.5])).loss
+    assert model.config.problem_type == "regression" and loss.ndim == 0 and loss.item() > 0

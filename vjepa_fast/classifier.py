@@ -1,8 +1,9 @@
 """VJEPA2ForVideoClassification: encoder -> attentive pooler -> Linear (SPEC section 8).
 
 A drop-in for transformers' class of the same name: same constructor (a config carrying the
-labels), same forward(pixel_values_videos, labels) -> logits and loss, and checkpoints that load
-in either library. The backbone is our VJEPA2Model under `vjepa2.`; the pooler and the linear
+labels, or one without: two labels), same forward(pixel_values_videos, labels) -> logits and loss,
+same from_pretrained arguments (num_labels, id2label, ignore_mismatched_sizes, ...), and
+checkpoints that load in either library. The backbone is our VJEPA2Model under `vjepa2.`; the pooler and the linear
 head use transformers' module names, so their state-dict keys are transformers' keys verbatim.
 
 The pooler, as transformers (and Meta's AttentiveClassifier) compute it:
@@ -279,8 +280,14 @@ class VJEPA2ForVideoClassification(PreTrainedMixin, nn.Module):
         dtype, device = resolve_dtype(dtype, torch_dtype), resolve_device(device_map)
         source = Source(str(pretrained_model_name_or_path), revision, cache_dir, local_files_only, token, subfolder)
         model, directory, auto_dtype, state = prepare_loading(cls, source, config, dict(
-            attn_implementation=attn_implementation, rope_grid=rope_grid, problem_type=problem_type,
+            attn_implementation=attn_implementation, rope_grid=rope_grid,
             id2label=labels_from(num_labels, id2label, label2id)))
+        if problem_type is not None:
+            # Set after the config is built, as transformers does: its constructor refuses a
+            # single-label problem with one label, from_pretrained does not (the loss is then 0).
+            if problem_type not in PROBLEM_TYPES:
+                raise ValueError(f"from_pretrained: problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}")
+            model.config.problem_type = problem_type
         model.init_head()  # what the checkpoint does not hold stays initialised
         info = load_classifier_state(model, state, directory, ignore_mismatched_sizes)
         if info["missing_keys"]:
