@@ -360,3 +360,30 @@ def test_problem_type_from_pretrained_as_transformers(lib, tmp_path):
     model = lib.VJEPA2ForVideoClassification.from_pretrained(tmp_path, num_labels=1)
     loss = model(videos(), labels=torch.tensor([0.5, -0.5])).loss
     assert model.config.problem_type == "regression" and loss.ndim == 0 and loss.item() > 0
+
+
+def test_subfolder(lib, tmp_path):
+    lib.VJEPA2Model(config(lib)).save_pretrained(tmp_path / "encoder")
+    assert lib.VJEPA2Model.from_pretrained(tmp_path, subfolder="encoder").config.hidden_size == 32
+
+
+def test_push_to_hub_uploads_what_save_pretrained_writes(tmp_path, monkeypatch):
+    """The hub is out of reach here: HfApi is replaced by a recorder of what would be uploaded."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    calls = []
+
+    class Recorder:
+        def __init__(self, token=None):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls.append(("create_repo", repo_id, private, exist_ok))
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            from pathlib import Path
+            calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Recorder)
+    vjepa_fast.VJEPA2Model(config(vjepa_fast)).push_to_hub("me/tiny-vjepa2", private=True, token="t")
+    assert calls == [("token", "t"), ("create_repo", "me/tiny-vjepa2", True, True),
+                     ("upload_folder", "me/tiny-vjepa2", ["config.json", "model.safetensors"])]
