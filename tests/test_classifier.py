@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from vjepa_fast import VJEPA2ClassifierConfig, VJEPA2Config, VJEPA2ForVideoClassification, VJEPA2Model
+from vjepa_fast import VJEPA2Config, VJEPA2ForVideoClassification, VJEPA2Model
 from vjepa_fast.checkpoints import CheckpointError
 
 transformers = pytest.importorskip("transformers")
@@ -91,7 +91,7 @@ def test_other_problem_types_match_transformers(tmp_path, num_labels, problem_ty
 
 
 def test_ours_saved_loads_in_transformers(tmp_path):
-    config = VJEPA2ClassifierConfig.from_encoder(VJEPA2Config.from_name("tiny"), ["pour", "stir", "cut"])
+    config = VJEPA2Config.from_name("tiny").with_labels(["pour", "stir", "cut"])
     ours = VJEPA2ForVideoClassification(config).eval()
     ours.save_pretrained(str(tmp_path))
     ref, info = transformers.VJEPA2ForVideoClassification.from_pretrained(tmp_path, output_loading_info=True)
@@ -138,7 +138,7 @@ def test_from_encoder_keeps_the_backbone():
 
 
 def test_num_labels_mismatch_names_it(tmp_path):
-    config = VJEPA2ClassifierConfig.from_encoder(VJEPA2Config.from_name("tiny"), ["a", "b", "c"])
+    config = VJEPA2Config.from_name("tiny").with_labels(["a", "b", "c"])
     VJEPA2ForVideoClassification(config).save_pretrained(str(tmp_path))
     d = json.loads((tmp_path / "config.json").read_text())
     d["id2label"] = {"0": "a", "1": "b"}
@@ -180,9 +180,9 @@ def test_bad_configs_are_named():
     with pytest.raises(TypeError, match="VJEPA2Config"):
         VJEPA2ForVideoClassification("tiny")
     with pytest.raises(ValueError, match="id2label"):
-        VJEPA2ClassifierConfig(id2label={0: "a", 2: "b"})
+        VJEPA2Config(id2label={0: "a", 2: "b"})
     with pytest.raises(ValueError, match="problem_type"):
-        VJEPA2ClassifierConfig(problem_type="ranking")
+        VJEPA2Config(problem_type="ranking")
 
 
 @pytest.mark.cuda

@@ -387,3 +387,29 @@ def test_push_to_hub_uploads_what_save_pretrained_writes(tmp_path, monkeypatch):
     vjepa_fast.VJEPA2Model(config(vjepa_fast)).push_to_hub("me/tiny-vjepa2", private=True, token="t")
     assert calls == [("token", "t"), ("create_repo", "me/tiny-vjepa2", True, True),
                      ("upload_folder", "me/tiny-vjepa2", ["config.json", "model.safetensors"])]
+
+
+def test_config_labels(lib):
+    """transformers' ConfigTester: num_labels sets id2label, and setting it again renames them."""
+    cfg = config(lib, num_labels=5)
+    assert len(cfg.id2label) == 5 and cfg.num_labels == 5
+    cfg.num_labels = 3
+    assert cfg.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+    assert lib.VJEPA2ForVideoClassification(cfg).classifier.out_features == 3
+    assert config(lib).num_labels == 2
+
+
+def test_hub_id_from_the_cache(lib, tmp_path):
+    """A hub id, offline: huggingface_hub's own cache layout (refs/main -> snapshots/<commit>),
+    read with cache_dir=, revision= and local_files_only=True, through huggingface_hub itself."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--me--tiny-vjepa2"
+    lib.VJEPA2Model(config(lib)).save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for revision in (None, commit):
+        model = lib.VJEPA2Model.from_pretrained("me/tiny-vjepa2", cache_dir=str(tmp_path / "cache"),
+                                                revision=revision, local_files_only=True)
+        assert model.config.hidden_size == 32
+    with pytest.raises(OSError if lib is transformers else vjepa_fast.checkpoints.CheckpointError):
+        lib.VJEPA2Model.from_pretrained("me/other", cache_dir=str(tmp_path / "cache"), local_files_only=True)

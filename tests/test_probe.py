@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vjepa_fast.jobs import loop, probe
-from vjepa_fast import VJEPA2ClassifierConfig, VJEPA2Config, VJEPA2ForVideoClassification
+from vjepa_fast import VJEPA2Config, VJEPA2ForVideoClassification
 from vjepa_fast.worlds.physics import PhysicsConfig, generate_clip, write_mp4
 from vjepa_fast.jobs.probe import ProbeConfig, run, spatial_views, window_indices
 
@@ -147,7 +147,7 @@ def test_unknown_label_in_csv_is_named(tmp_path):
 
 
 def test_num_labels_mismatch_with_the_checkpoint_is_named(tmp_path):
-    config = VJEPA2ClassifierConfig.from_encoder(VJEPA2Config.from_name("tiny"), ["1 ball", "2 balls"])
+    config = VJEPA2Config.from_name("tiny").with_labels(["1 ball", "2 balls"])
     VJEPA2ForVideoClassification(config).save_pretrained(str(tmp_path / "ckpt"))
     bad = ProbeConfig(model=str(tmp_path / "ckpt"), out=str(tmp_path / "out"), **SMALL)
     with pytest.raises(ValueError, match="num_labels=2 but the data has 3 classes"):

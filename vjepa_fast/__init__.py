@@ -5,7 +5,7 @@ for `from vjepa_fast import` (AutoModel, AutoModelForVideoClassification, AutoVi
 VJEPA2Config, VJEPA2Model, VJEPA2ForVideoClassification, VJEPA2VideoProcessor)."""
 from vjepa_fast.config import PRESETS, VJEPA2Config
 from vjepa_fast.model import VJEPA2Model, VJEPA2Output, PredictorOutput
-from vjepa_fast.classifier import VJEPA2ClassifierConfig, VJEPA2ForVideoClassification, VideoClassifierOutput
+from vjepa_fast.classifier import VJEPA2ForVideoClassification, VideoClassifierOutput
 from vjepa_fast.video import ClipSampling, ProcessorConfig, VideoBatch, VideoProcessor, load_clip
 from vjepa_fast.auto import AutoModel, AutoModelForVideoClassification, AutoVideoProcessor
 from vjepa_fast.optimize import optimize
@@ -14,7 +14,7 @@ from vjepa_fast.ac_model import ACConfig, ACPredictor
 VJEPA2VideoProcessor = VideoProcessor  # transformers' name
 
 __all__ = ["PRESETS", "VJEPA2Config", "VJEPA2Model", "VJEPA2Output", "PredictorOutput",
-           "VJEPA2ClassifierConfig", "VJEPA2ForVideoClassification", "VideoClassifierOutput",
+           "VJEPA2ForVideoClassification", "VideoClassifierOutput",
            "ClipSampling", "ProcessorConfig", "VideoBatch", "VideoProcessor", "VJEPA2VideoProcessor", "load_clip",
            "AutoModel", "AutoModelForVideoClassification", "AutoVideoProcessor", "optimize",
            "ACConfig", "ACPredictor"]

@@ -186,11 +186,16 @@ def checkpoint_dtype(config: dict, state: dict[str, Tensor]) -> torch.dtype:
 def prepare_loading(cls, source: Source, config, overrides: dict):
     """(model with uninitialised weights, directory, the checkpoint's dtype, HF state dict) of
     `source`. config: given (any form cls.config_class.coerce takes) or read from config.json;
-    overrides: config fields to replace where not None."""
+    overrides: config fields to set where not None (num_labels renames the labels when their count
+    changes, as in transformers)."""
     directory = source.resolve()
     saved = read_config(directory)
     config = cls.config_class.from_dict(saved) if config is None else cls.config_class.coerce(config)
-    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = dataclasses.replace(config)  # a copy: the caller's config stays as it was
+    for name, value in overrides.items():  # in order, as transformers sets from_pretrained's arguments
+        if value is not None:
+            setattr(config, name, value)
+    config.__post_init__()
     state = read_safetensors_dir(directory)
     return empty_model(cls, config), directory, checkpoint_dtype(saved, state), state
 

@@ -14,79 +14,21 @@ The pooler's MLPs are 4x wide whatever the encoder's mlp_ratio (ViT-g's encoder 
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vjepa_fast.config import VJEPA2Config
+from vjepa_fast.config import PROBLEM_TYPES, VJEPA2Config
 from vjepa_fast.model import VJEPA2Model, init_weights
 from vjepa_fast.outputs import ModelOutput
 from vjepa_fast.pretrained import PreTrainedMixin, finish_loading, resolve_device, resolve_dtype
 
 log = logging.getLogger("vjepa_fast")
 
-PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 POOLER_MLP_RATIO = 4.0
-
-
-@dataclass
-class VJEPA2ClassifierConfig(VJEPA2Config):
-    """VJEPA2Config plus the labels. num_labels is len(id2label), as in transformers; a
-    config.json without id2label means two labels, LABEL_0 and LABEL_1 (transformers' default)."""
-    id2label: dict[int, str] = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})
-    # None: chosen per call from num_labels and the labels' dtype, as transformers does.
-    problem_type: str | None = None
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not isinstance(self.id2label, dict) or sorted(self.id2label) != list(range(len(self.id2label))):
-            raise ValueError("VJEPA2ClassifierConfig.id2label must map 0..num_labels-1 to label names, got "
-                             f"keys {sorted(self.id2label) if isinstance(self.id2label, dict) else self.id2label!r}")
-        if not self.id2label:
-            raise ValueError("VJEPA2ClassifierConfig.id2label must hold at least one label")
-        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
-            raise ValueError(f"VJEPA2ClassifierConfig.problem_type must be None or one of {PROBLEM_TYPES}, "
-                             f"got {self.problem_type!r}")
-        if self.problem_type == "single_label_classification" and self.num_labels == 1:
-            raise ValueError("VJEPA2ClassifierConfig: problem_type='single_label_classification' needs "
-                             "num_labels > 1 (use 'regression' for one output)")
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {name: i for i, name in self.id2label.items()}
-
-    @classmethod
-    def from_encoder(cls, config: VJEPA2Config, labels: list[str],
-                     problem_type: str | None = None) -> "VJEPA2ClassifierConfig":
-        """An encoder config with labels[i] as the name of output i."""
-        base = {f.name: getattr(config, f.name) for f in dataclasses.fields(VJEPA2Config)}
-        return cls(**base, id2label=dict(enumerate(labels)), problem_type=problem_type)
-
-    def to_dict(self) -> dict:
-        d = super().to_dict()
-        d["id2label"] = {str(i): name for i, name in self.id2label.items()}
-        d["label2id"] = self.label2id
-        if self.problem_type is None:
-            del d["problem_type"]
-        d["architectures"] = ["VJEPA2ForVideoClassification"]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VJEPA2ClassifierConfig":
-        d = dict(d)
-        if "id2label" in d:
-            d["id2label"] = {int(i): name for i, name in d["id2label"].items()}
-        elif "num_labels" in d:
-            d["id2label"] = {i: f"LABEL_{i}" for i in range(d["num_labels"])}
-        return super().from_dict(d)
 
 
 class PoolerMLP(nn.Module):
@@ -178,7 +120,7 @@ class AttentivePooler(nn.Module):
         nn.init.trunc_normal_(self.cross_attention_layer.mlp.fc2.weight, std=std / scale)
 
 
-def classification_loss(logits: Tensor, labels: Tensor, config: VJEPA2ClassifierConfig) -> Tensor:
+def classification_loss(logits: Tensor, labels: Tensor, config: VJEPA2Config) -> Tensor:
     """transformers' loss for sequence/video classification. Without a problem_type: one label ->
     regression (MSE), integer labels -> cross entropy (label -100 ignored), otherwise
     multi-label (BCE with logits); as transformers, the choice is written into the config."""
@@ -211,13 +153,13 @@ class VideoClassifierOutput(ModelOutput):
 
 
 class VJEPA2ForVideoClassification(PreTrainedMixin, nn.Module):
-    """Drop-in for transformers' VJEPA2ForVideoClassification. config: a VJEPA2ClassifierConfig,
-    or any config VJEPA2ClassifierConfig.coerce takes (one without labels gets two, as in transformers)."""
-    config_class = VJEPA2ClassifierConfig
+    """Drop-in for transformers' VJEPA2ForVideoClassification. config: any VJEPA2Config.coerce
+    takes; its labels (num_labels, id2label: two by default, as in transformers) size the head."""
+    config_class = VJEPA2Config
 
-    def __init__(self, config: VJEPA2ClassifierConfig):
+    def __init__(self, config: VJEPA2Config):
         super().__init__()
-        config = VJEPA2ClassifierConfig.coerce(config)
+        config = VJEPA2Config.coerce(config)
         self.config = config
         self.num_labels = config.num_labels
         # The backbone shares the config, so its output flags and attention choice are the classifier's.
@@ -257,8 +199,7 @@ class VJEPA2ForVideoClassification(PreTrainedMixin, nn.Module):
     def from_encoder(cls, encoder: VJEPA2Model, labels: list[str],
                      problem_type: str | None = None) -> "VJEPA2ForVideoClassification":
         """A classifier with a fresh head on top of a (pretrained) VJEPA2Model's weights."""
-        config = VJEPA2ClassifierConfig.from_encoder(encoder.config, labels, problem_type)
-        model = cls(config)
+        model = cls(encoder.config.with_labels(labels, problem_type))
         model.vjepa2.load_state_dict(encoder.state_dict(), strict=True)
         return model
 
@@ -281,7 +222,7 @@ class VJEPA2ForVideoClassification(PreTrainedMixin, nn.Module):
         source = Source(str(pretrained_model_name_or_path), revision, cache_dir, local_files_only, token, subfolder)
         model, directory, auto_dtype, state = prepare_loading(cls, source, config, dict(
             attn_implementation=attn_implementation, rope_grid=rope_grid,
-            id2label=labels_from(num_labels, id2label, label2id)))
+            **labels_from(num_labels, id2label, label2id)))
         if problem_type is not None:
             # Set after the config is built, as transformers does: its constructor refuses a
             # single-label problem with one label, from_pretrained does not (the loss is then 0).
@@ -298,8 +239,8 @@ class VJEPA2ForVideoClassification(PreTrainedMixin, nn.Module):
         return (model, info) if output_loading_info else model
 
 
-def labels_from(num_labels: int | None, id2label: dict | None, label2id: dict | None) -> dict[int, str] | None:
-    """The id2label that from_pretrained's label arguments describe (None: the config's)."""
+def labels_from(num_labels: int | None, id2label: dict | None, label2id: dict | None) -> dict:
+    """The config fields (num_labels, id2label) that from_pretrained's label arguments set."""
     if label2id is not None:
         inverse = {int(i): name for name, i in label2id.items()}
         if id2label is not None and {int(i): n for i, n in id2label.items()} != inverse:
@@ -309,9 +250,9 @@ def labels_from(num_labels: int | None, id2label: dict | None, label2id: dict | 
         id2label = {int(i): name for i, name in id2label.items()}
         if num_labels is not None and num_labels != len(id2label):
             raise ValueError(f"from_pretrained: num_labels={num_labels} but id2label names {len(id2label)} labels")
-        return id2label
+        return {"id2label": id2label, "num_labels": len(id2label)}
     if num_labels is not None:
         if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1:
             raise ValueError(f"from_pretrained: num_labels must be a positive int, got {num_labels!r}")
-        return {i: f"LABEL_{i}" for i in range(num_labels)}
-    return None
+        return {"num_labels": num_labels}
+    return {}

@@ -30,8 +30,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ROPE_GRIDS = ("config", "input")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-# Ours only: not in config.json (rope_mode is, as use_rope_interleave).
-_NOT_SAVED = ("rope_mode", "rope_grid", "attn_implementation")
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+# Not in config.json: ours only (rope_mode is there, as use_rope_interleave), or derived (num_labels).
+_NOT_SAVED = ("rope_mode", "rope_grid", "attn_implementation", "num_labels", "id2label", "problem_type")
 
 
 @dataclass
@@ -63,7 +64,20 @@ class VJEPA2Config:
     output_attentions: bool = False
     return_dict: bool = True
     attn_implementation: str = "sdpa"
+    # The classifier's labels, as transformers' config holds them for every model: id2label names
+    # output i (None: LABEL_0 .. LABEL_{num_labels - 1}, two labels by default); problem_type None
+    # is chosen by the first loss (VJEPA2ForVideoClassification).
+    num_labels: int | None = None
+    id2label: dict[int, str] | None = None
+    problem_type: str | None = None
     model_type: ClassVar[str] = "vjepa2"
+
+    def __setattr__(self, name: str, value) -> None:
+        # As transformers: setting num_labels to another count renames the labels LABEL_0, LABEL_1, ...
+        if name == "num_labels" and value is not None and self.__dict__.get("id2label") is not None \
+                and len(self.__dict__["id2label"]) != value:
+            super().__setattr__("id2label", {i: f"LABEL_{i}" for i in range(value)})
+        super().__setattr__(name, value)
 
     def __post_init__(self):
         for name in ("patch_size", "crop_size", "frames_per_clip", "tubelet_size", "in_chans",
@@ -87,9 +101,42 @@ class VJEPA2Config:
             raise ValueError(f"VJEPA2Config.rope_mode must be one of {ROPE_MODES}, got {self.rope_mode!r}")
         if self.rope_grid not in ROPE_GRIDS:
             raise ValueError(f"VJEPA2Config.rope_grid must be one of {ROPE_GRIDS}, got {self.rope_grid!r}")
+        self._check_labels()
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"VJEPA2Config.attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, "
                              f"got {self.attn_implementation!r}")
+
+    def _check_labels(self) -> None:
+        if self.id2label is None:
+            n = 2 if self.num_labels is None else self.num_labels
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ValueError(f"VJEPA2Config.num_labels must be a positive int, got {n!r}")
+            self.id2label = {i: f"LABEL_{i}" for i in range(n)}
+        if not isinstance(self.id2label, dict) or not self.id2label:
+            raise ValueError(f"VJEPA2Config.id2label must map 0..num_labels-1 to label names, got {self.id2label!r}")
+        self.id2label = {int(i): name for i, name in self.id2label.items()}  # config.json keys are strings
+        if sorted(self.id2label) != list(range(len(self.id2label))):
+            raise ValueError(f"VJEPA2Config.id2label must map 0..num_labels-1 to label names, got keys "
+                             f"{sorted(self.id2label)}")
+        if self.num_labels is None:
+            self.num_labels = len(self.id2label)
+        elif self.num_labels != len(self.id2label):
+            raise ValueError(f"VJEPA2Config: num_labels={self.num_labels} but id2label names {len(self.id2label)} labels")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"VJEPA2Config.problem_type must be None or one of {PROBLEM_TYPES}, "
+                             f"got {self.problem_type!r}")
+        if self.problem_type == "single_label_classification" and self.num_labels == 1:
+            raise ValueError("VJEPA2Config: problem_type='single_label_classification' needs num_labels > 1 "
+                             "(use 'regression' for one output)")
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in self.id2label.items()}
+
+    def with_labels(self, labels: list[str], problem_type: str | None = None) -> "VJEPA2Config":
+        """A copy with labels[i] as the name of output i."""
+        return dataclasses.replace(self, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                                   problem_type=problem_type)
 
     @property
     def _attn_implementation(self) -> str:
@@ -124,7 +171,10 @@ class VJEPA2Config:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_SAVED}
         d["use_rope_interleave"] = self.rope_mode == "interleave"
         d["model_type"] = self.model_type
-        d["architectures"] = ["VJEPA2Model"]
+        d["id2label"] = {str(i): name for i, name in self.id2label.items()}
+        d["label2id"] = self.label2id
+        if self.problem_type is not None:
+            d["problem_type"] = self.problem_type
         return d
 
     def to_json_string(self) -> str:
@@ -158,12 +208,9 @@ class VJEPA2Config:
 
     @classmethod
     def coerce(cls, config) -> "VJEPA2Config":
-        """A `cls` from ours (any VJEPA2Config), a transformers VJEPA2Config, or either's dict."""
+        """A VJEPA2Config from ours, a transformers VJEPA2Config, or either's dict."""
         if isinstance(config, cls):
             return config
-        if isinstance(config, VJEPA2Config):
-            common = {f.name for f in dataclasses.fields(VJEPA2Config)}
-            return cls(**{name: getattr(config, name) for name in common})
         if isinstance(config, dict):
             return cls.from_dict(config)
         if getattr(config, "model_type", None) == "vjepa2" and callable(getattr(config, "to_dict", None)):

@@ -92,6 +92,7 @@ class PreTrainedMixin:
         if not safe_serialization:
             raise ValueError("save_pretrained: vjepa_fast writes safetensors only (safe_serialization=True)")
         config = self.config.to_dict()
+        config["architectures"] = [type(self).__name__]
         config["dtype"] = str(self.dtype).removeprefix("torch.")
         write_pretrained(save_directory, self.checkpoint_state(), config, max_shard_size)
         if push_to_hub:
