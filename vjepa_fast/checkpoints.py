@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,9 @@ _META_TOP = {
     "predictor.norm": "predictor_norm",
     "predictor.proj": "predictor_proj",
 }
+
+
+log = logging.getLogger("vjepa_fast")
 
 
 class CheckpointError(ValueError):
@@ -321,13 +325,20 @@ _META_HEADS = {1024: 16, 1280: 16, 1408: 22}  # released widths -> heads (not re
 
 
 def strip_meta_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    out = {}
-    for k, v in state.items():
-        for prefix in ("module.", "backbone."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
+    """Keys cleaned as Meta's loader cleans them: `module.` and `backbone.` go wherever they occur."""
+    return {k.replace("module.", "").replace("backbone.", ""): v for k, v in state.items()}
+
+
+# Entries the released RoPE encoders and predictors carry but never use (Meta's own loader skips
+# them with strict=False; transformers' converter deletes them).
+_UNUSED_META = {"encoder": "pos_embed", "predictor": "predictor_pos_embed"}
+
+
+def drop_unused_positions(state: dict[str, Tensor], part: str, what) -> dict[str, Tensor]:
+    name = _UNUSED_META[part]
+    if name in state:
+        log.warning(f"{what}: skipping the {part}'s {name} {tuple(state[name].shape)}: this model uses RoPE")
+    return {k: v for k, v in state.items() if k != name}
 
 
 def infer_meta_config(encoder: dict[str, Tensor], predictor: dict[str, Tensor]) -> VJEPA2Config:
@@ -380,7 +391,8 @@ def load_meta_checkpoint(cls, path: str, config: VJEPA2Config | None, encoder_ke
     if encoder_key not in ("encoder", "target_encoder"):
         raise ValueError(f"encoder_key must be 'encoder' or 'target_encoder', got {encoder_key!r}")
     ckpt = read_meta_entries(path, (encoder_key, "predictor"))
-    encoder, predictor = strip_meta_prefix(ckpt[encoder_key]), strip_meta_prefix(ckpt["predictor"])
+    encoder = drop_unused_positions(strip_meta_prefix(ckpt[encoder_key]), "encoder", path)
+    predictor = drop_unused_positions(strip_meta_prefix(ckpt["predictor"]), "predictor", path)
     if config is None:
         config = infer_meta_config(encoder, predictor)
     model = empty_model(cls, config)
@@ -399,6 +411,57 @@ def ours_to_meta(state: dict[str, Tensor], prefix: str = "module.backbone.") -> 
         else:
             (encoder if part == "encoder" else predictor)[prefix + meta_name(k)] = v.clone()
     return encoder, predictor
+
+
+# ---- Meta's attentive probes (.pt, checkpoint["classifiers"][0]) ------------------------------
+# Meta fuses q, k, v (self-attention blocks) and k, v (the cross-attention); we keep
+# transformers' separate projections, so each fused tensor is split into its chunks.
+_PROBE_LAYER = {"layer_norm1": "norm1", "layer_norm2": "norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+                "self_attn.out_proj": "attn.proj"}
+
+
+def probe_source(key: str) -> tuple[str, int, int]:
+    """(Meta probe key, chunk, chunks) of one of our head keys ('pooler.*', 'classifier.*')."""
+    if key == "pooler.query_tokens":
+        return key, 0, 1
+    head, suffix = key.rsplit(".", 1)
+    if head == "classifier":
+        return f"linear.{suffix}", 0, 1
+    if head.startswith("pooler.self_attention_layers."):
+        _, _, i, rest = head.split(".", 3)
+        block = f"pooler.blocks.{i}"
+        if rest.startswith("self_attn.") and rest[-6:] in ("q_proj", "k_proj", "v_proj"):
+            return f"{block}.attn.qkv.{suffix}", "qkv".index(rest[-6]), 3
+    else:
+        rest = head.removeprefix("pooler.cross_attention_layer.")
+        block = "pooler.cross_attention_block"
+        if rest == "cross_attn.q_proj":
+            return f"{block}.xattn.q.{suffix}", 0, 1
+        if rest in ("cross_attn.k_proj", "cross_attn.v_proj"):
+            return f"{block}.xattn.kv.{suffix}", "kv".index(rest[-6]), 2
+    return f"{block}.{_PROBE_LAYER[rest]}.{suffix}", 0, 1
+
+
+def meta_probe_to_ours(expected: dict[str, Tensor], probe: dict[str, Tensor], what) -> dict[str, Tensor]:
+    """A Meta attentive probe's state (checkpoint["classifiers"][0]) -> our head keys, strictly
+    against `expected` (the model's head state dict)."""
+    probe = strip_meta_prefix(probe)
+    sources = {k: probe_source(k) for k in expected}
+    wanted = {name for name, _, _ in sources.values()}
+    missing, unexpected = sorted(wanted - probe.keys()), sorted(probe.keys() - wanted)
+    if missing or unexpected:
+        raise CheckpointError(f"{what}: the attentive probe does not match the model: missing keys {missing[:20]}; "
+                              f"unexpected keys {unexpected[:20]}")
+    return {k: probe[name].chunk(n)[i] for k, (name, i, n) in sources.items()}
+
+
+def probe_shape(probe: dict[str, Tensor]) -> tuple[int, int]:
+    """(num_labels, num_pooler_layers) of a Meta attentive probe."""
+    probe = strip_meta_prefix(probe)
+    if "linear.weight" not in probe:
+        raise CheckpointError(f"not an attentive probe: no linear.weight among {sorted(probe)[:10]}")
+    layers = {k.split(".")[2] for k in probe if k.startswith("pooler.blocks.")}
+    return probe["linear.weight"].shape[0], len(layers)
 
 
 # ---- Meta's V-JEPA 2-AC predictor (.pt) -----------------------------------------------------

@@ -14,13 +14,16 @@ The pooler's MLPs are 4x wide whatever the encoder's mlp_ratio (ViT-g's encoder 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vjepa_fast.checkpoints import load_state_strict
 from vjepa_fast.config import PROBLEM_TYPES, VJEPA2Config
 from vjepa_fast.model import VJEPA2Model, init_weights
 from vjepa_fast.outputs import ModelOutput
@@ -202,6 +205,31 @@ class VJEPA2ForVideoClassification(PreTrainedMixin, nn.Module):
         model = cls(encoder.config.with_labels(labels, problem_type))
         model.vjepa2.load_state_dict(encoder.state_dict(), strict=True)
         return model
+
+    @classmethod
+    def from_meta_probe(cls, probe_path: str, encoder: "VJEPA2Model | str",
+                        id2label: dict | None = None) -> "VJEPA2ForVideoClassification":
+        """Meta's attentive-probe file (evals/*.pt: the head in checkpoint["classifiers"][0]) on
+        `encoder`: a VJEPA2Model, a transformers-format directory or hub id, or Meta's encoder
+        .pt. Strict; num_labels and the pooler depth come from the probe."""
+        from vjepa_fast.checkpoints import meta_probe_to_ours, probe_shape, read_meta_entries, split_classifier
+        if isinstance(encoder, (str, Path)):
+            is_meta = Path(encoder).is_file()
+            encoder = VJEPA2Model.from_meta_checkpoint(str(encoder)) if is_meta else VJEPA2Model.from_pretrained(encoder)
+        entry = read_meta_entries(probe_path, ("classifiers",))["classifiers"]
+        state = entry[0] if isinstance(entry, (list, tuple)) else entry
+        num_labels, layers = probe_shape(state)
+        if id2label is not None and len(id2label) != num_labels:
+            raise ValueError(f"from_meta_probe: id2label names {len(id2label)} labels, the probe has {num_labels}")
+        labels = ([f"LABEL_{i}" for i in range(num_labels)] if id2label is None
+                  else [id2label[k] for k in sorted(id2label, key=int)])
+        config = dataclasses.replace(encoder.config.with_labels(labels), num_pooler_layers=layers)
+        model = cls(config)
+        model.vjepa2.load_state_dict(encoder.state_dict(), strict=True)
+        _, expected = split_classifier(model.state_dict())
+        head = meta_probe_to_ours(expected, state, probe_path)
+        load_state_strict(model, {**model.state_dict(), **head}, probe_path)
+        return model.eval()
 
     def checkpoint_state(self) -> dict[str, Tensor]:
         from vjepa_fast.checkpoints import classifier_state
