@@ -4,14 +4,16 @@ import dataclasses
 
 import pytest
 
-from vjepa_fast.jobs import cli, extract, plan, probe, train, train_ac
+from vjepa_fast.jobs import cli, convert, extract, plan, probe, train, train_ac
+from vjepa_fast.jobs.convert import ConvertConfig
 from vjepa_fast.jobs.extract import ExtractConfig
 from vjepa_fast.jobs.plan import PlanConfig
 from vjepa_fast.jobs.probe import ProbeConfig
 from vjepa_fast.jobs.train_ac import TrainACConfig
 from vjepa_fast.jobs.train_config import TrainConfig
 
-JOBS = [(TrainConfig, train), (TrainACConfig, train_ac), (PlanConfig, plan), (ProbeConfig, probe), (ExtractConfig, extract)]
+JOBS = [(TrainConfig, train), (TrainACConfig, train_ac), (PlanConfig, plan), (ProbeConfig, probe), (ExtractConfig, extract),
+        (ConvertConfig, convert)]
 
 
 @pytest.mark.parametrize("cls,job", JOBS, ids=[c.__name__ for c, _ in JOBS])

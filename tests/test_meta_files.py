@@ -108,3 +108,49 @@ def test_meta_probe_is_strict(probe_files, tmp_path):
     with pytest.raises(ValueError, match="id2label names 2 labels, the probe has 5"):
         VJEPA2ForVideoClassification.from_meta_probe(str(root / "ssv2-vitl-16x2x3.pt"),
                                                      encoder=str(root / "backbone"), id2label={0: "a", 1: "b"})
+
+
+# ---- python -m vjepa_fast.convert --------------------------------------------------------------
+
+def test_convert_encoder_file_to_transformers_and_back(tmp_path, capsys):
+    from vjepa_fast.jobs import convert
+    ours = VJEPA2Model(VJEPA2Config(**TINY)).eval()
+    released_encoder_file(tmp_path / "vitl.pt", ours)
+    convert.main(["--src", str(tmp_path / "vitl.pt"), "--out", str(tmp_path / "hf")])
+    assert "max |difference| of the outputs on a random 4-frame clip: 0" in capsys.readouterr().out
+    assert (tmp_path / "hf" / "video_preprocessor_config.json").is_file()
+    ref = transformers.VJEPA2Model.from_pretrained(tmp_path / "hf").eval()
+    x = torch.randn(1, 4, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ref.get_vision_features(x), ours.get_vision_features(x), atol=1e-4, rtol=1e-4)
+    convert.main(["--src", str(tmp_path / "hf"), "--out", str(tmp_path / "back.pt")])
+    back = VJEPA2Model.from_meta_checkpoint(str(tmp_path / "back.pt")).eval()
+    with torch.no_grad():
+        assert torch.equal(back.get_vision_features(x), ours.get_vision_features(x))
+
+
+def test_convert_probe_to_transformers_and_back(probe_files, tmp_path):
+    from vjepa_fast.jobs import convert
+    ref, root = probe_files
+    out = tmp_path / "classifier"
+    assert convert.convert(convert.ConvertConfig(src=str(root / "ssv2-vitl-16x2x3.pt"), out=str(out),
+                                                 encoder=str(root / "backbone"))) == 0
+    theirs = transformers.VJEPA2ForVideoClassification.from_pretrained(out).eval()
+    x = torch.randn(1, 4, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x).logits, ref(x).logits, atol=1e-4, rtol=1e-4)
+    assert convert.convert(convert.ConvertConfig(src=str(out), out=str(tmp_path / "probe.pt"))) == 0
+    again = torch.load(tmp_path / "probe.pt", weights_only=True)["classifiers"][0]
+    original = torch.load(root / "ssv2-vitl-16x2x3.pt", weights_only=True)["classifiers"][0]
+    assert again.keys() == original.keys() and all(torch.equal(again[k], original[k]) for k in original)
+
+
+@pytest.mark.parametrize("entries, args, match", [
+    ({"model": {}}, [], "neither an encoder checkpoint"),
+    ({"classifiers": [{}]}, [], "--encoder: .* is an attentive probe"),
+])
+def test_convert_names_what_is_wrong(tmp_path, entries, args, match):
+    from vjepa_fast.jobs import convert
+    torch.save(entries, tmp_path / "x.pt")
+    with pytest.raises(SystemExit, match=match):
+        convert.main(["--src", str(tmp_path / "x.pt"), "--out", str(tmp_path / "out"), *args])

@@ -455,6 +455,15 @@ def meta_probe_to_ours(expected: dict[str, Tensor], probe: dict[str, Tensor], wh
     return {k: probe[name].chunk(n)[i] for k, (name, i, n) in sources.items()}
 
 
+def ours_to_meta_probe(head: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Our head keys -> a Meta attentive probe's state (`module.` keys, q/k/v and k/v fused)."""
+    chunks: dict[str, list] = {}
+    for k, v in head.items():
+        name, i, n = probe_source(k)
+        chunks.setdefault(name, [None] * n)[i] = v.detach().clone()
+    return {f"module.{name}": torch.cat(parts) if len(parts) > 1 else parts[0] for name, parts in chunks.items()}
+
+
 def probe_shape(probe: dict[str, Tensor]) -> tuple[int, int]:
     """(num_labels, num_pooler_layers) of a Meta attentive probe."""
     probe = strip_meta_prefix(probe)

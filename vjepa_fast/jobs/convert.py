@@ -1,0 +1,105 @@
+"""Meta's .pt files <-> transformers-format directories, checked on a random clip.
+
+    python -m vjepa_fast.convert --src vitl.pt --out vjepa2-vitl                 # encoder + predictor
+    python -m vjepa_fast.convert --src ssv2-vitl-16x2x3.pt --encoder vitl.pt --out vjepa2-vitl-ssv2
+    python -m vjepa_fast.convert --src vjepa2-vitl --out vitl.pt                  # and back
+    python -m vjepa_fast.convert --src vjepa2-vitl-ssv2 --out probe.pt            # a classifier's head
+
+A Meta encoder file (entries `encoder`/`target_encoder` and `predictor`) becomes a VJEPA2Model
+directory; an attentive probe (`classifiers`) on --encoder becomes a VJEPA2ForVideoClassification
+directory; both get a video_preprocessor_config.json for the model's crop size. A directory goes
+back to Meta's layout: a model to {encoder, target_encoder, predictor}, a classifier to its probe
+{classifiers: [head]}. Both sides are then loaded and run on one random clip, and the largest
+difference of their outputs is printed (0 when the conversion is exact).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vjepa_fast.checkpoints import (CheckpointError, classifier_state, ours_to_meta, ours_to_meta_probe,
+                                    read_config, split_classifier)
+from vjepa_fast.classifier import VJEPA2ForVideoClassification
+from vjepa_fast.files import atomic_write
+from vjepa_fast.jobs import cli
+from vjepa_fast.model import VJEPA2Model
+from vjepa_fast.video import ProcessorConfig, VideoProcessor
+
+PROG = "python -m vjepa_fast.convert"
+
+
+@dataclass
+class ConvertConfig:
+    src: str = field(default="", metadata={"help": "a Meta .pt file, or a transformers-format directory"})
+    out: str = field(default="", metadata={"help": "the directory (from a .pt) or .pt file (from a directory) to write"})
+    encoder: str | None = field(default=None, metadata={"help": "for a probe .pt: the encoder it was trained on "
+                                                                 "(Meta .pt, directory or hub id)"})
+    encoder_key: str = field(default="encoder", metadata={"help": "which encoder of a Meta file: encoder or "
+                                                                  "target_encoder"})
+    frames: int = field(default=4, metadata={"help": "frames of the random clip both sides are run on"})
+
+    def __post_init__(self):
+        cli.check_fields(self, at_least_1=("frames",), choices={"encoder_key": ("encoder", "target_encoder")})
+        if not self.src or not self.out:
+            raise ValueError("--src and --out are both needed")
+
+
+def from_meta(config: ConvertConfig):
+    """(source model, written directory's model) for a Meta .pt."""
+    entries = torch.load(config.src, map_location="cpu", weights_only=True)
+    if "classifiers" in entries:
+        if config.encoder is None:
+            raise ValueError(f"--encoder: {config.src} is an attentive probe; give the encoder it was trained on")
+        model = VJEPA2ForVideoClassification.from_meta_probe(config.src, encoder=config.encoder)
+    elif "predictor" in entries and config.encoder_key in entries:
+        model = VJEPA2Model.from_meta_checkpoint(config.src, encoder_key=config.encoder_key).eval()
+    else:
+        raise CheckpointError(f"{config.src}: neither an encoder checkpoint ({config.encoder_key!r} and 'predictor') "
+                              f"nor an attentive probe ('classifiers'); it holds {sorted(entries)}")
+    model.save_pretrained(config.out)
+    VideoProcessor(ProcessorConfig(crop_size=model.config.crop_size)).save_pretrained(config.out)
+    return model, type(model).from_pretrained(config.out)
+
+
+def to_meta(config: ConvertConfig):
+    """(source model, written .pt's model) for a transformers-format directory."""
+    architectures = read_config(Path(config.src)).get("architectures") or []
+    if "VJEPA2ForVideoClassification" in architectures:
+        model = VJEPA2ForVideoClassification.from_pretrained(config.src)
+        _, head = split_classifier(classifier_state(model))
+        entries = {"classifiers": [ours_to_meta_probe(head)]}
+        reloaded = lambda: VJEPA2ForVideoClassification.from_meta_probe(config.out, encoder=model.vjepa2)
+    else:
+        model = VJEPA2Model.from_pretrained(config.src)
+        encoder, predictor = ours_to_meta(model.state_dict())
+        entries = {"encoder": encoder, "target_encoder": encoder, "predictor": predictor}
+        reloaded = lambda: VJEPA2Model.from_meta_checkpoint(config.out, config=model.config).eval()
+    atomic_write(Path(config.out), lambda p: torch.save(entries, p))
+    return model, reloaded()
+
+
+def convert(config: ConvertConfig) -> float:
+    """Writes config.out; returns (and prints) the largest output difference of the two sides."""
+    src = Path(config.src)
+    if not src.exists():
+        raise FileNotFoundError(f"--src: no such file or directory: {src}")
+    source, written = (to_meta if src.is_dir() else from_meta)(config)
+    c = source.config
+    clip = torch.randn(1, config.frames, 3, c.crop_size, c.crop_size)
+    with torch.no_grad():
+        a, b = source(clip)[0], written(clip)[0]  # logits, or the encoder output
+    diff = float((a - b).abs().max())
+    print(f"wrote {config.out}: {type(source).__name__}, max |difference| of the outputs on a random "
+          f"{config.frames}-frame clip: {diff:.3g}")
+    return diff
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = cli.parse(ConvertConfig, argv, PROG, __doc__)
+    cli.run(convert, config, PROG)
+
+
+if __name__ == "__main__":
+    main()
