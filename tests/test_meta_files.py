@@ -154,3 +154,15 @@ def test_convert_names_what_is_wrong(tmp_path, entries, args, match):
     torch.save(entries, tmp_path / "x.pt")
     with pytest.raises(SystemExit, match=match):
         convert.main(["--src", str(tmp_path / "x.pt"), "--out", str(tmp_path / "out"), *args])
+
+
+def test_convert_ac_predictor_and_back(tmp_path):
+    from vjepa_fast.ac_model import ACConfig, ACPredictor
+    from vjepa_fast.jobs import convert
+    ours = ACPredictor(ACConfig.from_name("ac-tiny")).eval()
+    torch.save({"encoder": {}, "predictor": ours.meta_state_dict(), "epoch": 1}, tmp_path / "ac.pt")
+    assert convert.convert(convert.ConvertConfig(src=str(tmp_path / "ac.pt"), out=str(tmp_path / "ac"))) == 0
+    assert convert.convert(convert.ConvertConfig(src=str(tmp_path / "ac"), out=str(tmp_path / "back.pt"))) == 0
+    back = torch.load(tmp_path / "back.pt", weights_only=True)["predictor"]
+    assert all(torch.equal(back[k], v) for k, v in ours.meta_state_dict().items()) and back.keys() == \
+        ours.meta_state_dict().keys()

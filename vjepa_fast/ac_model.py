@@ -16,6 +16,7 @@ instead of re-running the whole prefix as Meta's notebook does. Both give the sa
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from vjepa_fast.ops.rope import make_rope
 from vjepa_fast.video import normalize
 
 COND_TOKENS = 2  # action and state tokens per step
+AC_MODEL_TYPE = "vjepa2_ac"
 
 
 @dataclass
@@ -184,6 +186,25 @@ class ACPredictor(nn.Module):
         """Loads the `predictor` entry of Meta's vjepa2-ac checkpoint (see checkpoints.load_ac_meta_checkpoint)."""
         from vjepa_fast.checkpoints import load_ac_meta_checkpoint
         return load_ac_meta_checkpoint(cls, path, config)
+
+    def save_pretrained(self, save_directory: str | Path) -> None:
+        """config.json (ACConfig, model_type "vjepa2_ac") + model.safetensors under our key names:
+        transformers has no V-JEPA 2-AC class, so this is the package's own directory format."""
+        from vjepa_fast.checkpoints import write_pretrained
+        config = {"model_type": AC_MODEL_TYPE, **dataclasses.asdict(self.config)}
+        write_pretrained(save_directory, self.state_dict(), config)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "ACPredictor":
+        """A directory save_pretrained wrote, strictly."""
+        from vjepa_fast.checkpoints import CheckpointError, load_state_strict, read_config, read_safetensors_dir
+        saved = read_config(Path(directory))
+        if saved.pop("model_type", None) != AC_MODEL_TYPE:
+            raise CheckpointError(f"{directory}: config.json is not a V-JEPA 2-AC predictor "
+                                  f"(model_type {AC_MODEL_TYPE!r})")
+        model = cls(ACConfig(**saved))
+        load_state_strict(model, read_safetensors_dir(Path(directory)), str(directory))
+        return model.eval()
 
     def meta_state_dict(self) -> dict[str, Tensor]:
         """This model's weights under Meta's key names (with the `module.` prefix)."""

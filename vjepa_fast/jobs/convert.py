@@ -4,12 +4,14 @@
     python -m vjepa_fast.convert --src ssv2-vitl-16x2x3.pt --encoder vitl.pt --out vjepa2-vitl-ssv2
     python -m vjepa_fast.convert --src vjepa2-vitl --out vitl.pt                  # and back
     python -m vjepa_fast.convert --src vjepa2-vitl-ssv2 --out probe.pt            # a classifier's head
+    python -m vjepa_fast.convert --src vjepa2-ac-vitg.pt --out vjepa2-ac-vitg     # the AC predictor
 
 A Meta encoder file (entries `encoder`/`target_encoder` and `predictor`) becomes a VJEPA2Model
 directory; an attentive probe (`classifiers`) on --encoder becomes a VJEPA2ForVideoClassification
-directory; both get a video_preprocessor_config.json for the model's crop size. A directory goes
-back to Meta's layout: a model to {encoder, target_encoder, predictor}, a classifier to its probe
-{classifiers: [head]}. Both sides are then loaded and run on one random clip, and the largest
+directory; both get a video_preprocessor_config.json for the model's crop size. The V-JEPA 2-AC
+predictor (a `predictor` with action and state encoders) becomes the package's own directory (transformers has no
+such class). A directory goes back to Meta's layout: a model to {encoder, target_encoder,
+predictor}, a classifier to its probe {classifiers: [head]}, an AC predictor to {predictor}. Both sides are then loaded and run on one random clip, and the largest
 difference of their outputs is printed (0 when the conversion is exact).
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from vjepa_fast.ac_model import AC_MODEL_TYPE, ACPredictor
 from vjepa_fast.checkpoints import (CheckpointError, classifier_state, ours_to_meta, ours_to_meta_probe,
                                     read_config, split_classifier)
 from vjepa_fast.classifier import VJEPA2ForVideoClassification
@@ -53,11 +56,16 @@ def from_meta(config: ConvertConfig):
         if config.encoder is None:
             raise ValueError(f"--encoder: {config.src} is an attentive probe; give the encoder it was trained on")
         model = VJEPA2ForVideoClassification.from_meta_probe(config.src, encoder=config.encoder)
+    elif any("action_encoder" in k for k in entries.get("predictor", {})):  # V-JEPA 2-AC
+        model = ACPredictor.from_meta_checkpoint(config.src).eval()
+        model.save_pretrained(config.out)
+        return model, ACPredictor.from_pretrained(config.out)
     elif "predictor" in entries and config.encoder_key in entries:
         model = VJEPA2Model.from_meta_checkpoint(config.src, encoder_key=config.encoder_key).eval()
     else:
-        raise CheckpointError(f"{config.src}: neither an encoder checkpoint ({config.encoder_key!r} and 'predictor') "
-                              f"nor an attentive probe ('classifiers'); it holds {sorted(entries)}")
+        raise CheckpointError(f"{config.src}: neither an encoder checkpoint ({config.encoder_key!r} and 'predictor'), "
+                              f"an attentive probe ('classifiers') nor an AC predictor; "
+                              f"it holds {sorted(entries)}")
     model.save_pretrained(config.out)
     VideoProcessor(ProcessorConfig(crop_size=model.config.crop_size)).save_pretrained(config.out)
     return model, type(model).from_pretrained(config.out)
@@ -65,8 +73,12 @@ def from_meta(config: ConvertConfig):
 
 def to_meta(config: ConvertConfig):
     """(source model, written .pt's model) for a transformers-format directory."""
-    architectures = read_config(Path(config.src)).get("architectures") or []
-    if "VJEPA2ForVideoClassification" in architectures:
+    saved = read_config(Path(config.src))
+    if saved.get("model_type") == AC_MODEL_TYPE:
+        model = ACPredictor.from_pretrained(config.src)
+        entries = {"predictor": model.meta_state_dict()}
+        reloaded = lambda: ACPredictor.from_meta_checkpoint(config.out, model.config).eval()
+    elif "VJEPA2ForVideoClassification" in (saved.get("architectures") or []):
         model = VJEPA2ForVideoClassification.from_pretrained(config.src)
         _, head = split_classifier(classifier_state(model))
         entries = {"classifiers": [ours_to_meta_probe(head)]}
@@ -87,9 +99,16 @@ def convert(config: ConvertConfig) -> float:
         raise FileNotFoundError(f"--src: no such file or directory: {src}")
     source, written = (to_meta if src.is_dir() else from_meta)(config)
     c = source.config
-    clip = torch.randn(1, config.frames, 3, c.crop_size, c.crop_size)
+    if isinstance(source, ACPredictor):  # random encoder features, actions and states for the steps
+        steps = max(1, config.frames // 2)
+        inputs = (torch.randn(1, steps * c.tokens_per_frame, c.enc_dim), torch.randn(1, steps, c.action_dim),
+                  torch.randn(1, steps, c.state_dim))
+    else:
+        inputs = (torch.randn(1, config.frames, 3, c.crop_size, c.crop_size),)
     with torch.no_grad():
-        a, b = source(clip)[0], written(clip)[0]  # logits, or the encoder output
+        a, b = source(*inputs), written(*inputs)
+    if not isinstance(source, ACPredictor):
+        a, b = a[0], b[0]  # logits, or the encoder output
     diff = float((a - b).abs().max())
     print(f"wrote {config.out}: {type(source).__name__}, max |difference| of the outputs on a random "
           f"{config.frames}-frame clip: {diff:.3g}")
