@@ -172,3 +172,9 @@ def test_missing_data_is_one_line_error(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         probe.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
     assert "python -m vjepa_fast.probe: error: data: expected a folder of class sub-folders" in str(exit_info.value.code)
+
+
+def test_diverging_head_stops_the_probe(tmp_path):
+    with pytest.raises(loop.TrainingDiverged, match="weights are no longer finite .* no checkpoint was written yet"):
+        run(ProbeConfig(out=str(tmp_path), **{**SMALL, "lr": 1e38, "epochs": 2}))
+    assert not (tmp_path / "state.pt").exists()

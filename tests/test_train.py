@@ -157,10 +157,29 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     batch = next(iter(trainer.loader()))
     batch.video[0, 0, 0, 0, 0] = float("nan")
     before = [p.clone() for p in trainer.jepa.parameters()]
-    with pytest.raises(TrainingDiverged, match="loss is nan at step 2.*latest.pt"):
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 3: .*latest.pt \(step 2\)"):
         trainer.train_step([batch])
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.jepa.parameters()))
     assert path.read_bytes() == saved
+    trainer.close()
+
+
+def test_weights_poisoned_by_a_finite_loss_are_never_saved(tmp_path):
+    """A finite but huge update makes the weights NaN: the step stops the run before any save,
+    and the checkpoint before it (kept beside the latest) stays good."""
+    trainer = Trainer(small_config(tmp_path, steps=6, checkpoint_every=1))
+    trainer.run(until=2)
+    run = tmp_path / "run"
+    assert torch.load(run / "latest.previous.pt", weights_only=True)["step"] == 1
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = float("inf")  # what a huge loss's update does: finite loss, non-finite weights
+    trainer.loop.set_lr = lambda step=None: float("inf")
+    with pytest.raises(TrainingDiverged, match=r"weights are no longer finite .* at step 3: .*latest.pt \(step 2\)"):
+        trainer.run(until=3)
+    state = torch.load(run / "latest.pt", weights_only=True)
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for part in ("encoder", "predictor", "target_encoder")
+               for v in state[part].values() if v.is_floating_point())
     trainer.close()
 
 

@@ -126,3 +126,18 @@ def test_plan_end_to_end(tmp_path, data_dir):
     assert (tmp_path / "plan" / "trajectory.png").stat().st_size > 0
     assert (tmp_path / "plan" / "energy.png").stat().st_size > 0
     assert json.loads((tmp_path / "plan" / "results.json").read_text())["config"]["episodes"] == 2
+    state = torch.load(ckpt, weights_only=True)
+    state["predictor"] = {k: torch.full_like(v, float("nan")) for k, v in state["predictor"].items()}
+    torch.save(state, tmp_path / "poisoned.pt")
+    with pytest.raises(SystemExit, match="weights are not finite .* it cannot plan"):
+        plan.main(["--checkpoint", str(tmp_path / "poisoned.pt"), "--out", str(tmp_path / "plan2")])
+
+
+def test_diverging_weights_stop_the_run_before_a_poisoned_save(tmp_path, data_dir):
+    """A huge step makes the weights non-finite at step 1: the run stops there, before the save
+    that step would make (checkpoint_every=1), and says no good checkpoint exists yet."""
+    from vjepa_fast.jobs.loop import TrainingDiverged
+    with pytest.raises(TrainingDiverged, match="weights are no longer finite .* at step 1: .*no checkpoint was written"):
+        train(config(tmp_path, data_dir, steps=20, checkpoint_every=1, warmup_steps=0, cooldown_steps=0,
+                     lr=1e30, start_lr=1e30))
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "ac_predictor.pt").exists()

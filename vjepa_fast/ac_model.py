@@ -120,15 +120,26 @@ class ACPredictor(nn.Module):
         self.gradient_checkpointing = False
         init_weights(self, c.initializer_range, self.predictor_blocks)
 
-    def _check(self, z: Tensor, actions: Tensor, states: Tensor, steps: int) -> None:
+    def _check(self, z: Tensor, actions: Tensor, states: Tensor, steps: int | None) -> int:
+        """The number of steps (from z unless given); each error names the argument at fault."""
         c = self.config
-        B = z.shape[0]
-        if z.dim() != 3 or z.shape[1] != steps * c.tokens_per_frame or z.shape[2] != c.enc_dim:
+        for name, t in (("features", z), ("actions", actions), ("states", states)):
+            if not isinstance(t, Tensor) or not t.is_floating_point():
+                raise TypeError(f"ACPredictor: {name} must be a floating-point tensor, got "
+                                f"{getattr(t, 'dtype', type(t).__name__)}")
+        if z.dim() != 3 or z.shape[2] != c.enc_dim or z.shape[1] % c.tokens_per_frame or z.shape[1] == 0 \
+                or (steps is not None and z.shape[1] != steps * c.tokens_per_frame):
             raise ValueError(f"ACPredictor: features must be (batch, steps * {c.tokens_per_frame}, {c.enc_dim}), "
                              f"got {tuple(z.shape)}")
+        steps = z.shape[1] // c.tokens_per_frame
+        B = z.shape[0]
         for name, t, dim in (("actions", actions, c.action_dim), ("states", states, c.state_dim)):
             if t.dim() != 3 or t.shape != (B, steps, dim):
-                raise ValueError(f"ACPredictor: {name} must be (batch={B}, steps={steps}, {dim}), got {tuple(t.shape)}")
+                raise ValueError(f"ACPredictor: {name} must be (batch={B}, steps={steps}, {dim}) to match the "
+                                 f"features, got {tuple(t.shape)}")
+            if t.dtype != z.dtype:
+                raise TypeError(f"ACPredictor: {name} must have the features' dtype {z.dtype}, got {t.dtype}")
+        return steps
 
     def _tokens(self, z: Tensor, actions: Tensor, states: Tensor) -> Tensor:
         """(B, T*P, D_enc), (B, T, A), (B, T, S) -> (B, T*(2+P), D) in [action, state, patches] order per step."""
@@ -147,8 +158,7 @@ class ACPredictor(nn.Module):
     def forward(self, z: Tensor, actions: Tensor, states: Tensor) -> Tensor:
         """Meta's forward(x, actions, states): z (B, T*P, D_enc) encoder features of T frames,
         actions (B, T, A), states (B, T, S) -> (B, T*P, D_enc); output frame t predicts frame t + 1."""
-        T = actions.shape[1] if actions.dim() == 3 else -1
-        self._check(z, actions, states, T)
+        T = self._check(z, actions, states, None)
         c = self.config
         x = self._tokens(z, actions, states)
         rope = make_rope(step_positions(range(T), c, z.device), c.hidden_size // c.num_heads, c.rope_mode)

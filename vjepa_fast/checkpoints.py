@@ -120,18 +120,34 @@ def ours_to_hf(model: torch.nn.Module) -> dict[str, Tensor]:
 
 
 def read_safetensors_dir(directory: Path) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
     index = directory / "model.safetensors.index.json"
     if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: not a safetensors index (a JSON object with a weight_map): {e}") from e
         state = {}
         for shard in shards:
-            state.update(load_file(directory / shard))
+            # Shards live in the checkpoint folder: a name with a path in it is refused, never followed.
+            if not isinstance(shard, str) or Path(shard).name != shard or shard in (".", ".."):
+                raise CheckpointError(f"{index}: shard {shard!r} is not a file name in {directory}")
+            state.update(_load_safetensors(directory / shard))
         return state
     single = directory / "model.safetensors"
     if single.exists():
-        return load_file(single)
+        return _load_safetensors(single)
     raise CheckpointError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+
+
+def _load_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (named by the checkpoint's index)")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:  # truncated or not a safetensors file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
 
 
 @dataclass
@@ -176,7 +192,13 @@ def read_config(directory: Path) -> dict:
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{directory}: config.json is missing")
-    return json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{config_path}: not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object of settings, got a {type(config).__name__}")
+    return config
 
 
 def checkpoint_dtype(config: dict, state: dict[str, Tensor]) -> torch.dtype:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -86,6 +87,20 @@ class VJEPA2Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"VJEPA2Config.{name} must be a positive int, got {value!r}")
+        for name in ("qkv_bias", "pred_zero_init_mask_tokens", "output_hidden_states", "output_attentions",
+                     "return_dict"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"VJEPA2Config.{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("mlp_ratio", "pred_mlp_ratio", "layer_norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            zero_ok = name == "initializer_range"
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                    or value < 0 or (value == 0 and not zero_ok):
+                raise ValueError(f"VJEPA2Config.{name} must be a finite number {'>=' if zero_ok else '>'} 0, "
+                                 f"got {value!r}")
+        if not isinstance(self.num_pooler_layers, int) or isinstance(self.num_pooler_layers, bool) \
+                or self.num_pooler_layers < 0:
+            raise ValueError(f"VJEPA2Config.num_pooler_layers must be an int >= 0, got {self.num_pooler_layers!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"VJEPA2Config.hidden_size ({self.hidden_size}) must be divisible by "
                              f"num_attention_heads ({self.num_attention_heads})")
@@ -203,7 +218,10 @@ class VJEPA2Config:
             if len(sizes) != 1:
                 raise ValueError(f"config: only square patches are supported, got {d['patch_size']}")
             kwargs["patch_size"] = sizes.pop()
-        kwargs["rope_mode"] = "interleave" if d.get("use_rope_interleave", False) else "tile"
+        interleave = d.get("use_rope_interleave", False)
+        if not isinstance(interleave, bool):
+            raise ValueError(f"config: use_rope_interleave must be true or false, got {interleave!r}")
+        kwargs["rope_mode"] = "interleave" if interleave else "tile"
         return cls(**kwargs)
 
     @classmethod

@@ -7,7 +7,8 @@ from pathlib import Path
 
 
 def atomic_write(path: Path, write) -> None:
-    """write(tmp_path) then rename over path, so a crash never leaves a half-written file."""
+    """write(tmp_path) into the same folder, fsync, rename over path, fsync the folder: a crash
+    (or a power cut) leaves the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -17,7 +18,18 @@ def atomic_write(path: Path, write) -> None:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     except BaseException:
-        os.unlink(tmp)
+        if os.path.exists(tmp):  # gone once renamed
+            os.unlink(tmp)
         raise
+
+
+def _fsync(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

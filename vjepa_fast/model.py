@@ -269,6 +269,9 @@ def check_masks(name: str, masks, batch: int, num_tokens: int, device) -> list[T
                              f"got {masks[0].shape[1]} for {name}[0] and {m.shape[1]} for {name}[{i}]")
         if m.numel() and (int(m.min()) < 0 or int(m.max()) >= num_tokens):
             raise ValueError(f"{name}[{i}] holds token indices outside [0, {num_tokens})")
+        ordered = m.sort(dim=1).values
+        if m.shape[1] > 1 and bool((ordered[:, 1:] == ordered[:, :-1]).any()):
+            raise ValueError(f"{name}[{i}] repeats a token index within a row: each row must name distinct tokens")
         out.append(m.to(device=device, dtype=torch.int64))
     return out
 

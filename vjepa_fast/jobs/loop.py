@@ -5,10 +5,12 @@ Pre-training, AC post-training and the probe each add only their loss and their 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
@@ -63,6 +65,7 @@ class Run:
         self.out, self.path, self.schedule, self.optimizer = Path(out), Path(out) / checkpoint, schedule, optimizer
         self.writer = writer  # False on every rank but 0 of a distributed run
         self.step, self.history = 0, []
+        self.saved = False  # whether self.path holds a checkpoint of this run (saved or resumed)
 
     def set_lr(self, step: int | None = None) -> float:
         """The schedule's rate at `step` (default: the run's step) on every parameter group."""
@@ -75,9 +78,24 @@ class Run:
         """Stops the run on a NaN/inf loss, before the optimizer step spoils the weights."""
         if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingDiverged(f"loss is {loss} at step {self.step}: training stopped; the last good "
-                                   f"checkpoint is {self.path}")
+            self._diverged(f"loss is {loss}")
         return loss
+
+    def check_weights(self) -> None:
+        """After the optimizer step, before anything is saved: stops the run when a finite but
+        huge loss (or gradient) has made any trained weight NaN/inf. One fused norm per group."""
+        params = [p.to_local() if hasattr(p, "to_local") else p  # an FSDP shard: this rank's part
+                  for g in self.optimizer.param_groups for p in g["params"]]
+        finite = torch.stack(torch._foreach_norm(params)).isfinite().all().float()
+        if dist.is_available() and dist.is_initialized():  # every rank stops, or none
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not bool(finite):
+            self._diverged("the weights are no longer finite after the optimizer step")
+
+    def _diverged(self, what: str):
+        good = f"the last good checkpoint is {self.path} (step {self.saved_step})" if self.saved else \
+            "no checkpoint was written yet"
+        raise TrainingDiverged(f"{what} at step {self.step + 1}: training stopped; {good}")
 
     def record(self, **row) -> None:
         """One finished optimizer step: its figures join the history."""
@@ -95,7 +113,14 @@ class Run:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         payload = {**state, "step": self.step, "history": self.history}
+        if self.path.is_file():  # the one before stays beside it, so a bad save never loses the only good one
+            previous = self.path.with_name(f"{self.path.stem}.previous{self.path.suffix}")
+            link = previous.with_name(f".{previous.name}.link")
+            link.unlink(missing_ok=True)
+            os.link(self.path, link)
+            os.replace(link, previous)
         atomic_write(self.path, lambda p: torch.save(payload, p))
+        self.saved, self.saved_step = True, self.step
         rows = self.history
         if rows:
             text = ",".join(rows[0]) + "\n" + "".join(
@@ -108,4 +133,5 @@ class Run:
             raise FileNotFoundError(f"--resume: no checkpoint at {self.path}")
         state = torch.load(self.path, map_location="cpu", weights_only=True)
         self.step, self.history = state["step"], state["history"]
+        self.saved, self.saved_step = True, self.step
         return state

@@ -72,6 +72,10 @@ def load_models(config: PlanConfig) -> tuple[ACPredictor, VJEPA2Model]:
                                    warmup_steps=min(50, steps // 10 + 1)))
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     predictor = ACPredictor.from_meta_checkpoint(path, ACConfig(**ckpt["ac_config"])).eval()
+    bad = [name for name, p in predictor.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(f"--checkpoint {path}: the predictor's weights are not finite ({len(bad)} tensors, e.g. "
+                         f"{bad[0]}); it cannot plan")
     encoder_path = ckpt["encoder"]
     if not Path(encoder_path).exists() and (path.parent / "encoder").exists():
         encoder_path = path.parent / "encoder"  # a relative path saved from another working directory

@@ -406,6 +406,7 @@ def run(config: ProbeConfig) -> dict:
             loss.backward()
             losses.append(run.check(loss.item()))
             optimizer.step()
+            run.check_weights()
         top1 = (predict(model, test_x, device, config.batch_size).argmax(-1) == test_y).float().mean().item()
         run.record(train_loss=sum(losses) / len(losses), test_top1=top1)
         print(f"epoch {run.step}: train loss {run.history[-1]['train_loss']:.4f}, test top-1 {100 * top1:.1f}%")

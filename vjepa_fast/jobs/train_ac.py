@@ -224,6 +224,7 @@ def train(config: TrainACConfig) -> Path:
         loss.backward()
         run.check(loss.item())
         optimizer.step()
+        run.check_weights()
         run.record(loss=loss.item(), teacher_forcing=tf_loss.item(), rollout=rollout_loss.item(), lr=lr,
                    seconds=time.perf_counter() - start)
         bar.update(1)

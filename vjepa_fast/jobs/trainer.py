@@ -198,6 +198,7 @@ class Trainer:
             total /= self.world
         value = self.loop.check(float(total))
         self.optimizer.step()
+        self.loop.check_weights()
         self.optimizer.zero_grad(set_to_none=True)
         if self.config.fsdp and self.world > 1:
             # FSDP2 leaves a root module's parameters unsharded after forward; the EMA pairs shards.
