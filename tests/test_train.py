@@ -190,8 +190,21 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
 
 def test_resume_rejects_a_different_batch_size(tmp_path):
     Trainer(small_config(tmp_path, steps=3, warmup_steps=1, cooldown_steps=1)).run()
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match="batch.size"):
         Trainer(small_config(tmp_path, steps=3, warmup_steps=1, cooldown_steps=1, batch_size=2, resume=True))
+
+
+@pytest.mark.parametrize("changed", [{"seed": 1}, {"lr": 2e-3}, {"ema": 0.9}, {"width": 64}])
+def test_resume_refuses_other_settings_and_names_them(tmp_path, changed):
+    Trainer(small_config(tmp_path, steps=3, warmup_steps=1, cooldown_steps=1)).run()
+    name = next(iter(changed))
+    with pytest.raises(ValueError, match=f"--resume: .*latest.pt was written with other settings "
+                                         f"\\(--{name} .* -> {changed[name]}\\); only --steps"):
+        Trainer(small_config(tmp_path, steps=3, warmup_steps=1, cooldown_steps=1, resume=True, **changed))
+    # A longer run (the one setting meant to change) resumes.
+    trainer = Trainer(small_config(tmp_path, steps=4, warmup_steps=1, cooldown_steps=1, resume=True))
+    assert trainer.loop.step == 3
+    trainer.close()
 
 
 # ---- real videos -------------------------------------------------------------------------------

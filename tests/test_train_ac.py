@@ -141,3 +141,10 @@ def test_diverging_weights_stop_the_run_before_a_poisoned_save(tmp_path, data_di
         train(config(tmp_path, data_dir, steps=20, checkpoint_every=1, warmup_steps=0, cooldown_steps=0,
                      lr=1e30, start_lr=1e30))
     assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "ac_predictor.pt").exists()
+
+
+def test_resume_refuses_another_batch_size(tmp_path, data_dir):
+    train(config(tmp_path, data_dir, steps=2, checkpoint_every=1, warmup_steps=0, cooldown_steps=0))
+    with pytest.raises(ValueError, match=r"--batch-size 4 -> 2"):
+        train(config(tmp_path, data_dir, steps=2, checkpoint_every=1, warmup_steps=0, cooldown_steps=0,
+                     batch_size=2, resume=True))

@@ -4,6 +4,7 @@ Pre-training, AC post-training and the probe each add only their loss and their 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -15,6 +16,11 @@ from torch import nn
 from tqdm import tqdm
 
 from vjepa_fast.files import atomic_write
+from vjepa_fast.jobs.cli import flag
+
+
+def resume_help(checkpoint: str, changeable: tuple[str, ...]) -> str:
+    return f"continue exactly from OUT/{checkpoint}; only {', '.join(flag(k) for k in changeable)} may differ"
 
 
 class TrainingDiverged(FloatingPointError):
@@ -61,8 +67,12 @@ class Run:
     checkpoint `out/checkpoint` that `resume` continues from exactly."""
 
     def __init__(self, out: Path, checkpoint: str, schedule: Schedule, optimizer: torch.optim.Optimizer,
-                 writer: bool = True):
+                 writer: bool = True, config=None, changeable: tuple[str, ...] = ()):
         self.out, self.path, self.schedule, self.optimizer = Path(out), Path(out) / checkpoint, schedule, optimizer
+        # The job's settings, saved with every checkpoint; resume refuses other values for any
+        # field not in `changeable` (those that do not change what is computed, and --steps).
+        self.settings = {} if config is None else dataclasses.asdict(config)
+        self.changeable = changeable
         self.writer = writer  # False on every rank but 0 of a distributed run
         self.step, self.history = 0, []
         self.saved = False  # whether self.path holds a checkpoint of this run (saved or resumed)
@@ -112,7 +122,7 @@ class Run:
         if not self.writer:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        payload = {**state, "step": self.step, "history": self.history}
+        payload = {**state, "step": self.step, "history": self.history, "settings": self.settings}
         if self.path.is_file():  # the one before stays beside it, so a bad save never loses the only good one
             previous = self.path.with_name(f"{self.path.stem}.previous{self.path.suffix}")
             link = previous.with_name(f".{previous.name}.link")
@@ -132,6 +142,12 @@ class Run:
         if not self.path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {self.path}")
         state = torch.load(self.path, map_location="cpu", weights_only=True)
+        stored = state.get("settings", {})
+        changed = [f"{flag(k)} {stored[k]!r} -> {v!r}" for k, v in self.settings.items()
+                   if k in stored and k not in self.changeable and stored[k] != v]
+        if changed:
+            raise ValueError(f"--resume: {self.path} was written with other settings ({'; '.join(changed)}); "
+                             f"only {', '.join(flag(k) for k in self.changeable)} may differ")
         self.step, self.history = state["step"], state["history"]
         self.saved, self.saved_step = True, self.step
         return state

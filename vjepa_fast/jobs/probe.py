@@ -32,13 +32,17 @@ from tqdm import tqdm
 from vjepa_fast.checkpoints import Source, read_config
 from vjepa_fast.files import atomic_write
 from vjepa_fast.jobs import cli
-from vjepa_fast.jobs.loop import Run, Schedule, param_groups
+from vjepa_fast.jobs.loop import Run, Schedule, param_groups, resume_help
 from vjepa_fast.classifier import VJEPA2ForVideoClassification, classification_loss
 from vjepa_fast.config import DTYPES, PRESETS, VJEPA2Config
 from vjepa_fast.model import VJEPA2Model
 from vjepa_fast.worlds.physics import PhysicsClips, PhysicsConfig
 from vjepa_fast.video import VIDEO_EXTENSIONS, ProcessorConfig, VideoProcessor
 
+
+
+# What --resume lets differ from the run it continues: nothing that changes what is computed, and the length.
+RESUME_CHANGEABLE = ("epochs", "resume", "out", "device", "save_classifier")
 
 
 @dataclass
@@ -69,7 +73,7 @@ class ProbeConfig:
     device: str = field(default="auto", metadata={"help": "torch device; auto: cuda when available, else cpu"})
     seed: int = field(default=0, metadata={"help": "seed of the random encoder, the split, the data order "
                                                    "and the physics clips"})
-    resume: bool = field(default=False, metadata={"help": "continue exactly from OUT/state.pt"})
+    resume: bool = field(default=False, metadata={"help": resume_help("state.pt", RESUME_CHANGEABLE)})
     save_classifier: bool = field(default=True, metadata={"help": "write OUT/classifier (encoder + head)"})
     physics_train: int = field(default=240, metadata={"help": "physics task: training clips"})
     physics_test: int = field(default=96, metadata={"help": "physics task: test clips"})
@@ -377,7 +381,8 @@ def run(config: ProbeConfig) -> dict:
     optimizer = torch.optim.AdamW(param_groups(head, config.weight_decay), lr=config.lr)
     steps = math.ceil(len(train_y) / config.batch_size)
     schedule = Schedule(config.epochs * steps, config.lr, warmup_steps=config.warmup_epochs * steps, cosine=True)
-    run = Run(out, "state.pt", schedule, optimizer)  # run.step counts epochs, the schedule batches
+    # run.step counts epochs, the schedule batches
+    run = Run(out, "state.pt", schedule, optimizer, config=config, changeable=RESUME_CHANGEABLE)
     key = fingerprint(config, train_set, names, config.frames or model.config.frames_per_clip)
     if config.resume:
         state = run.resume()

@@ -31,11 +31,16 @@ from tqdm import tqdm
 from vjepa_fast.ac_model import AC_PRESETS, ACConfig, ACPredictor, encode_frames
 from vjepa_fast.files import atomic_write
 from vjepa_fast.jobs import cli
-from vjepa_fast.jobs.loop import Run, Schedule, param_groups
+from vjepa_fast.jobs.loop import Run, Schedule, param_groups, resume_help
 from vjepa_fast.config import PRESETS, VJEPA2Config
 from vjepa_fast.model import VJEPA2Model
 from vjepa_fast.worlds.sim import SimConfig
 from vjepa_fast.worlds.trajectories import generate_trajectories, list_trajectories, load_trajectory
+
+
+# What --resume lets differ from the run it continues: nothing that changes what is computed, and the length.
+RESUME_CHANGEABLE = ("steps", "checkpoint_every", "resume", "out", "device", "gradient_checkpointing",
+                     "cache_features")
 
 
 @dataclass
@@ -64,7 +69,7 @@ class TrainACConfig:
     weight_decay: float = field(default=0.04, metadata={"help": "AdamW weight decay (biases and norms excluded)"})
     seed: int = field(default=0, metadata={"help": "seed for data, initialisation and batch sampling"})
     checkpoint_every: int = field(default=200, metadata={"help": "write OUT/checkpoint.pt every this many steps"})
-    resume: bool = field(default=False, metadata={"help": "continue exactly from OUT/checkpoint.pt"})
+    resume: bool = field(default=False, metadata={"help": resume_help("checkpoint.pt", RESUME_CHANGEABLE)})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute block activations in the "
                                                                           "backward pass (less memory, for ac-vitg)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu or cuda"})
@@ -203,7 +208,7 @@ def train(config: TrainACConfig) -> Path:
     model = ACPredictor(ac_config).to(device)
     model.gradient_checkpointing = c.gradient_checkpointing
     optimizer = torch.optim.AdamW(param_groups(model, c.weight_decay), lr=c.start_lr, betas=(0.9, 0.999))
-    run = Run(out, "checkpoint.pt", c.schedule(), optimizer)
+    run = Run(out, "checkpoint.pt", c.schedule(), optimizer, config=c, changeable=RESUME_CHANGEABLE)
     generator = torch.Generator().manual_seed(c.seed)
     if c.resume:
         state = run.resume()

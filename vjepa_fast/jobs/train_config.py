@@ -13,8 +13,13 @@ from dataclasses import dataclass, field
 
 from vjepa_fast.config import PRESETS, VJEPA2Config
 from vjepa_fast.jobs import cli
-from vjepa_fast.jobs.loop import Schedule
+from vjepa_fast.jobs.loop import Schedule, resume_help
 from vjepa_fast.masks import MaskConfig
+
+
+# What --resume lets differ from the run it continues: nothing that changes what is computed, and the length.
+RESUME_CHANGEABLE = ("steps", "checkpoint_every", "resume", "out", "workers", "device", "threads", "probe",
+                     "probe_clips", "export", "progress", "compile", "activation_checkpointing")
 
 
 @dataclass
@@ -69,7 +74,7 @@ class TrainConfig:
     fsdp: bool = field(default=False, metadata={"help": "shard parameters with FSDP2 instead of replicating (DDP)"})
     # ---- run
     out: str = field(default="outputs/train", metadata={"help": "folder for checkpoints, logs, plots, export"})
-    resume: bool = field(default=False, metadata={"help": "continue exactly from <out>/latest.pt"})
+    resume: bool = field(default=False, metadata={"help": resume_help("latest.pt", RESUME_CHANGEABLE)})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints (and at the end)"})
     seed: int = field(default=0, metadata={"help": "seed of the weights, data order, augmentation and masks"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})

@@ -29,7 +29,7 @@ from vjepa_fast.checkpoints import meta_to_ours, ours_to_meta, strip_meta_prefix
 from vjepa_fast.jobs.loop import Run, param_groups
 from vjepa_fast.jobs.train_data import Collate, PhysicsTrainClips, StreamBatches, VideoClips, Augment, list_videos, make_loader
 from vjepa_fast.model import Encoder, Predictor, VJEPA2Model, gather_tokens
-from vjepa_fast.jobs.train_config import TrainConfig
+from vjepa_fast.jobs.train_config import RESUME_CHANGEABLE, TrainConfig
 
 
 class JEPA(nn.Module):
@@ -129,7 +129,8 @@ class Trainer:
         # The fused AdamW kernel (one pass over each tensor) where parameters are plain tensors.
         self.optimizer = torch.optim.AdamW(param_groups(self.jepa, c.weight_decay), lr=c.start_lr,
                                            betas=(c.beta1, c.beta2), eps=1e-8, fused=not (c.fsdp and self.world > 1))
-        self.loop = Run(self.out, "latest.pt", c.schedule(), self.optimizer, writer=self.rank == 0)
+        self.loop = Run(self.out, "latest.pt", c.schedule(), self.optimizer, writer=self.rank == 0, config=c,
+                        changeable=RESUME_CHANGEABLE)
         self.skipped = 0
         if c.resume:
             self.load()
