@@ -19,7 +19,7 @@ JOBS = [(TrainConfig, train), (TrainACConfig, train_ac), (PlanConfig, plan), (Pr
 @pytest.mark.parametrize("cls,job", JOBS, ids=[c.__name__ for c, _ in JOBS])
 def test_every_field_is_one_documented_flag(cls, job, capsys):
     parser = cli.build_parser(cls, "prog", "")
-    actions = [a for a in parser._actions if a.dest != "help"]
+    actions = [a for a in parser._actions if a.dest not in ("help", "debug")]
     assert sorted(a.dest for a in actions) == sorted(f.name for f in dataclasses.fields(cls))
     assert all(a.help for a in actions)
     with pytest.raises(SystemExit) as e:
@@ -71,3 +71,26 @@ def test_device_names_are_checked(name, message):
     with pytest.raises(ValueError, match=message):
         cli.resolve_device(name)
     assert cli.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+@pytest.mark.parametrize("content", ["truncated", "pickle"])
+def test_an_unreadable_checkpoint_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys, content):
+    import torch
+    from vjepa_fast.jobs import train as train_job
+    out = tmp_path / "latest.pt"
+    if content == "truncated":
+        torch.save({"step": 1, "weights": torch.randn(1000)}, out)
+        out.write_bytes(out.read_bytes()[:300])
+    else:
+        torch.save(Payload(), out)
+    with pytest.raises(SystemExit) as e:
+        train_job.main(["--out", str(tmp_path), "--resume"])
+    assert str(e.value).startswith("python -m vjepa_fast.train: error: --resume: ")
+    assert "cannot be read as a checkpoint" in str(e.value) and "this ran" not in capsys.readouterr().out
+    with pytest.raises(ValueError, match="cannot be read as a checkpoint"):
+        train_job.main(["--out", str(tmp_path), "--resume", "--debug"])

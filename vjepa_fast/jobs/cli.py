@@ -4,7 +4,7 @@ A field `num_frames: int` is `--num-frames N`, its help text is the field's `hel
 its default is shown; a bool is `--x` / `--no-x`; a `list[str]` field is the positional
 arguments; `int | None` and the like default to unset. A value the dataclass's own checks reject
 is a one-line usage error, and a job's bad input (a missing file, a wrong checkpoint) is a
-one-line error, never a traceback.
+one-line error, never a traceback; `--debug` (on every job) shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 def build_parser(cls: type, prog: str, description: str, defaults=None) -> argparse.ArgumentParser:
     """Flags for every field of `cls`, with defaults from the instance `defaults` (else the fields')."""
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_Formatter)
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback, not one line")
     for f in dataclasses.fields(cls):
         default = getattr(defaults, f.name) if defaults is not None else (
             f.default if f.default is not dataclasses.MISSING else f.default_factory())
@@ -43,11 +44,17 @@ def build_parser(cls: type, prog: str, description: str, defaults=None) -> argpa
 
 def parse(cls: type[Config], argv: list[str] | None, prog: str, description: str, defaults=None) -> Config:
     """The command line as an instance of `cls`; a value it rejects is a usage error (exit 2)."""
+    global _debug
     parser = build_parser(cls, prog, description, defaults)
+    values = vars(parser.parse_args(argv))
+    _debug = values.pop("debug")
     try:
-        return cls(**vars(parser.parse_args(argv)))
+        return cls(**values)
     except ValueError as e:
         parser.error(str(e))
+
+
+_debug = False  # --debug of the command line being run
 
 
 def flag(name: str) -> str:
@@ -72,12 +79,16 @@ def check_fields(config, at_least_1=(), at_least_0=(), numbers=(), choices=None)
 
 
 def run(job: Callable[[Config], object], config: Config, prog: str):
-    """Runs the job; bad data or a bad checkpoint (FileNotFoundError, ValueError, CheckpointError)
-    and a diverged run end with one line on stderr and exit status 1."""
+    """Runs the job; any error (bad data, a bad checkpoint, a diverged run, an unreadable file)
+    ends with one line on stderr and exit status 1, or with its traceback under --debug."""
     try:
         return job(config)
-    except (FileNotFoundError, ValueError, FloatingPointError) as e:
-        raise SystemExit(f"{prog}: error: {e}") from None
+    except Exception as e:
+        if _debug:
+            raise
+        known = isinstance(e, (OSError, ValueError, FloatingPointError))  # their messages name the file or flag
+        raise SystemExit(f"{prog}: error: {e if known else f'{type(e).__name__}: {e}'}"
+                         + ("" if known else " (--debug shows the traceback)")) from None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -5,6 +5,7 @@ Pre-training, AC post-training and the probe each add only their loss and their 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -15,8 +16,10 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from vjepa_fast.files import atomic_write
+from vjepa_fast.files import FolderLock, atomic_write, remove_stale_temps
 from vjepa_fast.jobs.cli import flag
+
+log = logging.getLogger("vjepa_fast")
 
 
 def resume_help(checkpoint: str, changeable: tuple[str, ...]) -> str:
@@ -73,6 +76,10 @@ class Run:
         # field not in `changeable` (those that do not change what is computed, and --steps).
         self.settings = {} if config is None else dataclasses.asdict(config)
         self.changeable = changeable
+        if writer:  # one run per folder; then what an interrupted write of an earlier run left goes
+            FolderLock(self.out).acquire()
+            for name in remove_stale_temps(self.out):
+                log.warning(f"{self.out}: removed {name}, left by an interrupted write")
         self.writer = writer  # False on every rank but 0 of a distributed run
         self.step, self.history = 0, []
         self.saved = False  # whether self.path holds a checkpoint of this run (saved or resumed)
@@ -141,7 +148,11 @@ class Run:
         """The saved state; step and history continue from it. A missing checkpoint is an error."""
         if not self.path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {self.path}")
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, not a checkpoint, or a pickle that would run code (refused)
+            raise ValueError(f"--resume: {self.path} cannot be read as a checkpoint "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
         stored = state.get("settings", {})
         changed = [f"{flag(k)} {stored[k]!r} -> {v!r}" for k, v in self.settings.items()
                    if k in stored and k not in self.changeable and stored[k] != v]
