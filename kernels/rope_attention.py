@@ -377,6 +377,24 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+# The kernels index in 32 bits (64-bit offsets cost registers the sm_80 forward does not have).
+# The launchers keep every in-kernel offset below this by launching the batch in chunks: each
+# chunk's tensors are views whose base pointers carry the batch offset in 64 bits.
+MAX_OFFSET = 2**31 - 1
+
+
+def batch_chunks(batch: int, *tensors: torch.Tensor) -> list[tuple[int, int]]:
+    """[start, end) batch ranges such that, in every tensor, the largest element offset a launch
+    on that range reaches, (rows - 1) * stride(0) + the offset within one batch row, fits."""
+    inner = max(sum((n - 1) * st for n, st in zip(x.shape[1:], x.stride()[1:])) for x in tensors)
+    step = max(x.stride(0) for x in tensors)
+    if inner > MAX_OFFSET:
+        raise ValueError(f"rope_attention: one batch row spans {inner + 1} elements, over the kernel's 32-bit "
+                         f"offsets ({MAX_OFFSET + 1}); make q, k and v contiguous per batch row")
+    rows = batch if step == 0 else max(1, min(batch, (MAX_OFFSET - inner) // step + 1))
+    return [(start, min(start + rows, batch)) for start in range(0, batch, rows)]
+
+
 def rope_attention_fwd(q, k, v, q_pos, k_pos, tile: bool, causal_block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Launches the forward kernel: returns o (B, H, Nq, hd) in q's dtype and lse (B, H, Nq) fp32
     (log2 units, of the scores scaled by head_dim**-0.5)."""
@@ -388,14 +406,16 @@ def rope_attention_fwd(q, k, v, q_pos, k_pos, tile: bool, causal_block: int) -> 
     o = torch.empty_like(q)
     lse = torch.empty((B, H, n_q), device=q.device, dtype=torch.float32)
     cfg = LaunchConfig(hd, q.dtype, "fwd")
-    grid = (triton.cdiv(n_q, cfg.block_m), B * H)
-    wrap_triton(_fwd_kernel)[grid](
-        q, k, v, q_pos, k_pos, o, lse,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-        qpb, kpb, H, n_q, n_k, max(causal_block, 1), hd**-0.5 * LOG2E,
-        **cfg.constexprs(hd, tile, causal_block > 0, not interpreting()),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    for b0, b1 in batch_chunks(B, q, k, v, o):
+        qp, kp = (q_pos[b0:b1] if qpb else q_pos), (k_pos[b0:b1] if kpb else k_pos)
+        qc, kc, vc, oc = q[b0:b1], k[b0:b1], v[b0:b1], o[b0:b1]
+        wrap_triton(_fwd_kernel)[(triton.cdiv(n_q, cfg.block_m), (b1 - b0) * H)](
+            qc, kc, vc, qp, kp, oc, lse[b0:b1],
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+            qpb, kpb, H, n_q, n_k, max(causal_block, 1), hd**-0.5 * LOG2E,
+            **cfg.constexprs(hd, tile, causal_block > 0, not interpreting()),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return o, lse
 
 
@@ -412,16 +432,18 @@ def rope_attention_bwd(do, q, k, v, o, lse, q_pos, k_pos, tile: bool,
     scalars = (H, n_q, n_k, max(causal_block, 1), hd**-0.5 * LOG2E, hd**-0.5)
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
-    cfg = LaunchConfig(hd, q.dtype, "dkdv")
-    wrap_triton(_bwd_dkdv_kernel)[(triton.cdiv(n_k, cfg.block_n), B * H)](
-        q, k, v, do, lse, delta, q_pos, k_pos, dk, dv, *strides,
-        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        qpb, kpb, *scalars, **cfg.constexprs(hd, tile, causal_block > 0, not interpreting()),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    cfg = LaunchConfig(hd, q.dtype, "dq")
-    wrap_triton(_bwd_dq_kernel)[(triton.cdiv(n_q, cfg.block_m), B * H)](
-        q, k, v, do, lse, delta, q_pos, k_pos, dq, *strides,
-        dq.stride(0), dq.stride(1), dq.stride(2), qpb, kpb, *scalars,
-        **cfg.constexprs(hd, tile, causal_block > 0, not interpreting()),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    kv_cfg, q_cfg = LaunchConfig(hd, q.dtype, "dkdv"), LaunchConfig(hd, q.dtype, "dq")
+    for b0, b1 in batch_chunks(B, q, k, v, do, dq, dk, dv):
+        qp, kp = (q_pos[b0:b1] if qpb else q_pos), (k_pos[b0:b1] if kpb else k_pos)
+        rows = (q[b0:b1], k[b0:b1], v[b0:b1], do[b0:b1], lse[b0:b1], delta[b0:b1], qp, kp)
+        wrap_triton(_bwd_dkdv_kernel)[(triton.cdiv(n_k, kv_cfg.block_n), (b1 - b0) * H)](
+            *rows, dk[b0:b1], dv[b0:b1], *strides,
+            dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+            qpb, kpb, *scalars, **kv_cfg.constexprs(hd, tile, causal_block > 0, not interpreting()),
+            num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages)
+        wrap_triton(_bwd_dq_kernel)[(triton.cdiv(n_q, q_cfg.block_m), (b1 - b0) * H)](
+            *rows, dq[b0:b1], *strides,
+            dq.stride(0), dq.stride(1), dq.stride(2), qpb, kpb, *scalars,
+            **q_cfg.constexprs(hd, tile, causal_block > 0, not interpreting()),
+            num_warps=q_cfg.num_warps, num_stages=q_cfg.num_stages)
     return dq, dk, dv

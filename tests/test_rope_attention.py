@@ -112,6 +112,39 @@ def test_kernel_takes_strided_inputs():
     torch.testing.assert_close(out, rope_attention_ref(q, k, v, rope), atol=1e-5, rtol=1e-5)
 
 
+def test_batch_chunks_keep_offsets_in_32_bits():
+    """The ViT-L case that overflowed 32-bit offsets: q viewed out of a fused (B, 8192, 3 * 1024)
+    qkv passes 2^31 elements from B = 86, so a batch of 100 launches as 85 + 15 (meta tensors:
+    shapes and strides only)."""
+    B, N, H, hd = 100, 8192, 16, 64
+    qkv = torch.empty(B, N, 3 * H * hd, device="meta").view(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    assert kernels.batch_chunks(B, q, k, v) == [(0, 85), (85, 100)]
+    last = lambda x, rows: (rows - 1) * x.stride(0) + sum((n - 1) * st for n, st in zip(x.shape[1:], x.stride()[1:]))
+    assert last(q, 85) <= kernels.MAX_OFFSET < last(q, 86)
+    assert kernels.batch_chunks(3, torch.empty(3, 2, 5, 8, device="meta")) == [(0, 3)]
+
+
+@pytest.mark.parametrize("case", [Case(3, 2, 37, 37, 32, "tile", False), Case(3, 1, 40, 70, 64, "interleave", True, 9)],
+                         ids=str)
+def test_chunked_launches_equal_one_launch(case, monkeypatch):
+    """With the offset limit lowered so each batch row launches alone, forward and backward give
+    the same numbers as one launch over the batch."""
+    if not kernels.interpreting():
+        pytest.skip("the interpreter test runs with TRITON_INTERPRET=1 (tests/conftest.py)")
+    q, k, v, q_pos, k_pos = _inputs(case, torch.float32)
+    do = torch.randn_like(q)
+    args = (q_pos, k_pos, case.mode == "tile", case.causal_block)
+    out, lse = kernels.rope_attention_fwd(q, k, v, *args)
+    grads = kernels.rope_attention_bwd(do, q, k, v, out, lse, *args)
+    monkeypatch.setattr(kernels, "MAX_OFFSET", max(x[0].numel() for x in (q, k, v)) - 1)
+    assert len(kernels.batch_chunks(case.batch, q, k, v)) == case.batch
+    out_c, lse_c = kernels.rope_attention_fwd(q, k, v, *args)
+    grads_c = kernels.rope_attention_bwd(do, q, k, v, out_c, lse_c, *args)
+    assert torch.equal(out_c, out) and torch.equal(lse_c, lse)
+    assert all(torch.equal(a, b) for a, b in zip(grads_c, grads))
+
+
 OP_CASES = [Case(2, 2, 13, 13, 32, "tile", False), Case(1, 2, 10, 17, 64, "interleave", True, 6)]
 
 

@@ -148,3 +148,28 @@ def test_resume_refuses_another_batch_size(tmp_path, data_dir):
     with pytest.raises(ValueError, match=r"--batch-size 4 -> 2"):
         train(config(tmp_path, data_dir, steps=2, checkpoint_every=1, warmup_steps=0, cooldown_steps=0,
                      batch_size=2, resume=True))
+
+
+def test_feature_cache_follows_the_trajectories_not_their_folder(tmp_path, data_dir):
+    """Deleting trajectories from the folder a cache was built on retrains on what is left."""
+    import shutil
+    from vjepa_fast.jobs.train_ac import load_encoder, load_features
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    c = config(tmp_path / "run", data)
+    encoder, _ = load_encoder(c)
+    assert load_features(c, encoder)["features"].shape[0] == 8
+    for stem in sorted(data.glob("*.npz"))[:3]:
+        stem.unlink()
+        stem.with_suffix(".mp4").unlink()
+    assert load_features(c, encoder)["features"].shape[0] == 5
+
+
+def test_generated_trajectories_follow_the_requested_count(tmp_path):
+    from vjepa_fast.jobs.train_ac import generated_trajectories
+    c = TrainACConfig(out=str(tmp_path), trajectories=3, frames=4)
+    first = generated_trajectories(tmp_path / "t", c, 32)
+    again = generated_trajectories(tmp_path / "t", c, 32)
+    assert first == again and len(first) == 3
+    more = generated_trajectories(tmp_path / "t", TrainACConfig(out=str(tmp_path), trajectories=5, frames=4), 32)
+    assert len(more) == 5

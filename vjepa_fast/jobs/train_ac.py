@@ -18,6 +18,7 @@ interrupted run continued with --resume and the same flags reproduces the uninte
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -108,24 +109,58 @@ def load_encoder(config: TrainACConfig) -> tuple[VJEPA2Model, str]:
     return model, str(path)
 
 
-def load_features(config: TrainACConfig, encoder: VJEPA2Model, encoder_path: str) -> dict[str, Tensor]:
+def content_key(stems: list[Path], encoder: VJEPA2Model) -> str:
+    """A hash of what the features are computed from: every trajectory file's bytes, in order, and
+    the encoder's config and weights. Paths play no part, so a changed file or set is seen."""
+    h = hashlib.sha256(json.dumps(encoder.config.to_dict(), sort_keys=True).encode())
+    for name, t in encoder.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    for stem in stems:
+        for path in (stem.with_suffix(".mp4"), stem.with_suffix(".npz")):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def generated_trajectories(data_dir: Path, config: TrainACConfig, image_size: int) -> list[Path]:
+    """The sim trajectories this config asks for, in data_dir: reused when the set there was
+    generated with the same settings (generated.json says so), otherwise generated afresh."""
+    settings = {"trajectories": config.trajectories, "frames": config.frames, "seed": config.seed,
+                "sim_task": config.sim_task, "image_size": image_size}
+    manifest = data_dir / "generated.json"
+    stems = list_trajectories(data_dir)
+    if manifest.is_file() and json.loads(manifest.read_text()) == settings and len(stems) == config.trajectories:
+        return stems
+    for stem in stems:  # another set (or an interrupted one): replaced whole
+        stem.with_suffix(".mp4").unlink()
+        stem.with_suffix(".npz").unlink()
+    sim = SimConfig(task=config.sim_task, image_size=image_size)
+    stems = generate_trajectories(data_dir, config.trajectories, config.frames, config.seed, sim)
+    text = json.dumps(settings)
+    atomic_write(manifest, lambda p: Path(p).write_text(text))
+    return stems
+
+
+def load_features(config: TrainACConfig, encoder: VJEPA2Model) -> dict[str, Tensor]:
     """{"features": (M, T, P, D), "states": (M, T, 7), "actions": (M, T-1, 7)} for M trajectories of
     T frames (all trajectories must have the same length). Cached on disk when asked, keyed on
-    the encoder and data directory so a stale cache is never used."""
+    the content of the trajectories and the encoder (content_key), so a stale cache is never used."""
     out = Path(config.out)
-    data_dir = Path(config.data_dir) if config.data_dir else out / "trajectories"
+    if config.data_dir:
+        data_dir = Path(config.data_dir)
+        stems = list_trajectories(data_dir)
+    else:
+        data_dir = out / "trajectories"
+        stems = generated_trajectories(data_dir, config, encoder.config.crop_size)
+    if not stems:
+        raise FileNotFoundError(f"--data-dir {data_dir}: no trajectories (pairs of .mp4 and .npz files)")
     cache = out / "features.pt"
-    source = f"{Path(encoder_path).resolve()}|{data_dir.resolve()}"
+    key = content_key(stems, encoder) if config.cache_features else None
     if config.cache_features and cache.exists():
         cached = torch.load(cache, map_location="cpu", weights_only=True)
-        if cached["source"] == source:
-            return {k: v for k, v in cached.items() if k != "source"}
-    stems = list_trajectories(data_dir)
-    if not stems and not config.data_dir:
-        sim = SimConfig(task=config.sim_task, image_size=encoder.config.crop_size)
-        stems = generate_trajectories(data_dir, config.trajectories, config.frames, config.seed, sim)
-    if not stems:
-        raise FileNotFoundError(f"{data_dir}: no trajectories (pairs of .mp4 and .npz files)")
+        if cached.get("key") == key:
+            return {k: v for k, v in cached.items() if k != "key"}
     feats, states, actions = [], [], []
     for stem in tqdm(stems, desc="encoding frames", leave=False):
         traj = load_trajectory(stem)
@@ -137,7 +172,7 @@ def load_features(config: TrainACConfig, encoder: VJEPA2Model, encoder_path: str
         raise ValueError(f"{data_dir}: trajectories must all have the same number of frames, got {sorted(lengths)}")
     data = {"features": torch.stack(feats), "states": torch.stack(states), "actions": torch.stack(actions)}
     if config.cache_features:
-        atomic_write(cache, lambda p: torch.save({**data, "source": source}, p))
+        atomic_write(cache, lambda p: torch.save({**data, "key": key}, p))
     return data
 
 
@@ -200,7 +235,7 @@ def train(config: TrainACConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     device = cli.resolve_device(c.device)
     encoder, encoder_path = load_encoder(c)
-    data = load_features(c, encoder, encoder_path)
+    data = load_features(c, encoder)
     data = {k: v.to(device) for k, v in data.items()}
     ac_config = predictor_config(c, encoder)
     del encoder
