@@ -285,11 +285,9 @@ def test_output_attentions_on_the_fused_path_is_an_error():
 
 @pytest.fixture
 def processors(tmp_path):
-    """transformers' processor (skipped where torchvision cannot load) and ours read from its files."""
-    try:
-        theirs = transformers.VJEPA2VideoProcessor(crop_size=32)
-    except Exception as e:  # ImportError: no loadable torchvision
-        pytest.skip(f"transformers' VJEPA2VideoProcessor cannot run here: {type(e).__name__}: {e}")
+    """transformers' processor and ours read from its files. It needs torchvision, which `make
+    setup` installs (.ci/patch_torchvision.py): without it these tests fail rather than skip."""
+    theirs = transformers.VJEPA2VideoProcessor(crop_size=32)
     theirs.save_pretrained(tmp_path)
     return theirs, vjepa_fast.AutoVideoProcessor.from_pretrained(tmp_path)
 

@@ -2,7 +2,7 @@
 
 The processor is checked against transformers' VJEPA2VideoProcessor directly (it runs on
 torchvision's kernels: `make setup` installs torchvision 0.28 --no-deps and guards its CUDA-only op
-registrations, .ci/patch_torchvision.py; where it cannot load, that test skips). Beside it, a plain
+registrations, .ci/patch_torchvision.py; the test fails, not skips, without it). Beside it, a plain
 re-implementation of the recipe, written per frame and in float64 with its own size and crop
 arithmetic, pins both of torchvision's resize paths (uint8 natively, or float32 and round), of
 which a machine runs only one.
@@ -249,13 +249,9 @@ def test_bad_sampling_arguments(kwargs, match):
 
 @pytest.mark.parametrize("H, W, crop", CASES[:4], ids=[f"{h}x{w}-crop{c}" for h, w, c in CASES[:4]])
 def test_processor_matches_transformers(H, W, crop):
-    """Directly against transformers where torchvision runs (see the module docstring)."""
-    try:
-        import torchvision  # noqa: F401  (transformers' processor runs on its kernels)
-        from transformers import VJEPA2VideoProcessor
-        theirs = VJEPA2VideoProcessor(crop_size=crop)
-    except Exception as e:  # ImportError, or a torchvision build that cannot load its ops
-        pytest.skip(f"transformers' VJEPA2VideoProcessor cannot run here: {type(e).__name__}: {e}")
+    """Directly against transformers (its processor runs on torchvision: see the module docstring)."""
+    from transformers import VJEPA2VideoProcessor
+    theirs = VJEPA2VideoProcessor(crop_size=crop)
     video = random_video(2, H, W)
     expected = theirs(video, return_tensors="pt")["pixel_values_videos"][0]
     torch.testing.assert_close(VideoProcessor(ProcessorConfig(crop_size=crop)).process(video), expected, atol=0, rtol=0)

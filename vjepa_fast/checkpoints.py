@@ -330,7 +330,8 @@ def load_classifier_state(model, state: dict[str, Tensor], directory, ignore_mis
                               "ignore_mismatched_sizes=True to start a fresh head of the model's size")
     head = {k: v for k, v in head.items() if k not in mismatched}
     load_model_state(model.vjepa2, backbone, directory)
-    model.load_state_dict(head, strict=False)
+    # Strict over the whole model: what the checkpoint lacks keeps the model's initialised head.
+    load_state_strict(model, {**model.state_dict(), **head}, str(directory))
     return {"missing_keys": sorted(expected.keys() - head.keys() - set(mismatched)), "unexpected_keys": [],
             "mismatched_keys": mismatched, "error_msgs": []}
 

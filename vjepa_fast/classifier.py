@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vjepa_fast.checkpoints import load_state_strict
+from vjepa_fast.checkpoints import (CLASSIFIER_BACKBONE, empty_model, load_state_strict, meta_probe_to_ours,
+                                    probe_shape, read_meta_entries, split_classifier)
 from vjepa_fast.config import PROBLEM_TYPES, VJEPA2Config
 from vjepa_fast.model import VJEPA2Model, init_weights
 from vjepa_fast.outputs import ModelOutput
@@ -212,7 +213,6 @@ class VJEPA2ForVideoClassification(PreTrainedMixin, nn.Module):
         """Meta's attentive-probe file (evals/*.pt: the head in checkpoint["classifiers"][0]) on
         `encoder`: a VJEPA2Model, a transformers-format directory or hub id, or Meta's encoder
         .pt. Strict; num_labels and the pooler depth come from the probe."""
-        from vjepa_fast.checkpoints import meta_probe_to_ours, probe_shape, read_meta_entries, split_classifier
         if isinstance(encoder, (str, Path)):
             is_meta = Path(encoder).is_file()
             encoder = VJEPA2Model.from_meta_checkpoint(str(encoder)) if is_meta else VJEPA2Model.from_pretrained(encoder)
@@ -224,11 +224,10 @@ class VJEPA2ForVideoClassification(PreTrainedMixin, nn.Module):
         labels = ([f"LABEL_{i}" for i in range(num_labels)] if id2label is None
                   else [id2label[k] for k in sorted(id2label, key=int)])
         config = dataclasses.replace(encoder.config.with_labels(labels), num_pooler_layers=layers)
-        model = cls(config)
-        model.vjepa2.load_state_dict(encoder.state_dict(), strict=True)
+        model = empty_model(cls, config)  # every weight comes from the encoder or the probe
         _, expected = split_classifier(model.state_dict())
-        head = meta_probe_to_ours(expected, state, probe_path)
-        load_state_strict(model, {**model.state_dict(), **head}, probe_path)
+        backbone = {CLASSIFIER_BACKBONE + k: v for k, v in encoder.state_dict().items()}
+        load_state_strict(model, {**backbone, **meta_probe_to_ours(expected, state, probe_path)}, probe_path)
         return model.eval()
 
     def checkpoint_state(self) -> dict[str, Tensor]:

@@ -8,7 +8,8 @@ library reads in the other. Two fields are ours:
              transformers does whatever the input size; "input": on the real input grid, as
              Meta's encoder does.
 `attn_implementation` is transformers' option and stays out of config.json as there: "sdpa" runs
-the fused RoPE-attention op, "eager" the explicit softmax that can return attention probabilities.
+the fused RoPE-attention op only; "eager" also allows output_attentions, which then runs the
+explicit softmax to return the probabilities.
 The config reads and writes itself as transformers' does (to_dict, to_json_string,
 save_pretrained, from_pretrained), and `coerce` takes a transformers VJEPA2Config or its dict.
 """
@@ -210,7 +211,8 @@ class VJEPA2Config:
     def from_dict(cls, d: dict) -> "VJEPA2Config":
         """Reads a transformers config.json; keys this model does not use are ignored."""
         if d.get("model_type", "vjepa2") != "vjepa2":
-            raise ValueError(f"config: model_type must be 'vjepa2', got {d['model_type']!r}")
+            raise ValueError(f"config: model_type {d['model_type']!r} is not 'vjepa2'; vjepa_fast builds "
+                             "V-JEPA 2 models only")
         names = {f.name for f in dataclasses.fields(cls)} - {"rope_mode"}
         kwargs = {k: v for k, v in d.items() if k in names}
         if isinstance(kwargs.get("patch_size"), (list, tuple)):

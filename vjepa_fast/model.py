@@ -353,9 +353,8 @@ class VJEPA2Model(PreTrainedMixin, nn.Module):
                              f"fused RoPE-attention op (attn_implementation={c.attn_implementation!r}): load it "
                              "with from_pretrained(..., attn_implementation='eager') or set "
                              "model.config.attn_implementation = 'eager'")
-        attentions = [] if c.attn_implementation == "eager" else None
-        if attentions is not None and not output_attentions:
-            attentions = _Discard()
+        # The explicit path runs only to return probabilities: otherwise eager and sdpa compute the same.
+        attentions = [] if output_attentions else None
         return [] if output_hidden_states else None, attentions, c.return_dict if return_dict is None else return_dict
 
     def get_vision_features(self, pixel_values_videos: Tensor, check_finite: bool = False) -> Tensor:
@@ -389,9 +388,3 @@ class VJEPA2Model(PreTrainedMixin, nn.Module):
         from vjepa_fast.checkpoints import load_meta_checkpoint
         return load_meta_checkpoint(cls, path, config, encoder_key)
 
-
-class _Discard(list):
-    """A list that keeps nothing: the eager path runs without keeping its probabilities."""
-
-    def append(self, item) -> None:
-        pass

@@ -119,7 +119,5 @@ class PreTrainedMixin:
 def finish_loading(model: nn.Module, dtype, device: torch.device | None, auto_dtype: torch.dtype):
     """The loaded model in eval mode (as transformers returns it), in the dtype asked for
     (None and "auto": the checkpoint's) and on the device asked for."""
-    model.to(dtype=auto_dtype if dtype in (None, "auto") else dtype)
-    if device is not None:
-        model.to(device)
+    model.to(device=device, dtype=auto_dtype if dtype in (None, "auto") else dtype)
     return model.eval()

@@ -200,14 +200,15 @@ class VideoProcessor:
             overrides["size"] = overrides["size"] or {"shortest_edge": self.config.shortest_edge}
             config = ProcessorConfig.from_dict(self.config.to_dict(), overrides)
         if isinstance(videos, (list, tuple)):
-            if videos and all(getattr(_as_tensor(v), "ndim", 0) == 3 for v in videos):
-                videos = [torch.stack([_as_tensor(v) for v in videos])]  # a list of frames is one video
+            videos = [_as_tensor(v) for v in videos]
+            if videos and all(v.dim() == 3 for v in videos):
+                videos = [torch.stack(videos)]  # a list of frames is one video
         else:
             videos = _as_tensor(videos)
             videos = list(videos) if videos.dim() == 5 else [videos[None] if videos.dim() == 3 else videos]
         if not videos:
             raise ValueError("videos: expected a video or a non-empty list of videos, got an empty list")
-        out = [_process(_as_tensor(v), config, channels_last) for v in videos]
+        out = [_process(v, config, channels_last) for v in videos]
         if return_tensors is None:
             return VideoBatch(pixel_values_videos=out)
         if len({v.shape for v in out}) > 1:

@@ -51,7 +51,8 @@ class ConvertConfig:
 
 def from_meta(config: ConvertConfig):
     """(source model, written directory's model) for a Meta .pt."""
-    entries = torch.load(config.src, map_location="cpu", weights_only=True)
+    # mmap: only the entry names are looked at here; the loader below reads the weights.
+    entries = torch.load(config.src, map_location="cpu", weights_only=True, mmap=True)
     if "classifiers" in entries:
         if config.encoder is None:
             raise ValueError(f"--encoder: {config.src} is an attentive probe; give the encoder it was trained on")

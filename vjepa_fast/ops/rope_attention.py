@@ -29,6 +29,12 @@ from vjepa_fast.ops.dispatch import constant_under_compile, use_triton
 from vjepa_fast.ops.rope import Rope, apply_rope_ref, rotate_pairs
 
 
+def _rotated(q: Tensor, k: Tensor, q_rope: Rope, k_rope: Rope | None) -> tuple[Tensor, Tensor]:
+    """q rotated by q_rope, k by k_rope (default q_rope)."""
+    k_rope = q_rope if k_rope is None else k_rope
+    return apply_rope_ref(q, q_rope.cos, q_rope.sin), apply_rope_ref(k, k_rope.cos, k_rope.sin)
+
+
 def rope_attention_ref(q: Tensor, k: Tensor, v: Tensor, q_rope: Rope, k_rope: Rope | None = None,
                        causal_block: int = 0) -> Tensor:
     """Plain PyTorch: rotate q with q_rope and k with k_rope (default q_rope), then softmax attention
@@ -39,9 +45,7 @@ def rope_attention_ref(q: Tensor, k: Tensor, v: Tensor, q_rope: Rope, k_rope: Ro
     the end of the keys (query i sits at key position i + Nk - Nq, as with a key/value cache);
     query position p may attend to key j iff j // causal_block <= p // causal_block. Computed
     one query step at a time against its key prefix: exact, no N x N mask, masked work skipped."""
-    k_rope = q_rope if k_rope is None else k_rope
-    q = apply_rope_ref(q, q_rope.cos, q_rope.sin)
-    k = apply_rope_ref(k, k_rope.cos, k_rope.sin)
+    q, k = _rotated(q, k, q_rope, k_rope)
     if causal_block <= 0:
         return F.scaled_dot_product_attention(q, k, v)
     Nq, Nk = q.shape[2], k.shape[2]
@@ -62,18 +66,10 @@ def rope_attention_ref(q: Tensor, k: Tensor, v: Tensor, q_rope: Rope, k_rope: Ro
 def rope_attention_weights(q: Tensor, k: Tensor, q_rope: Rope, k_rope: Rope | None = None,
                            causal_block: int = 0) -> Tensor:
     """The softmax probabilities (B, heads, Nq, Nk) that rope_attention_ref applies to v (the same
-    rotation, scale and block-causal rule), formed explicitly, in fp32 then cast back, as
-    transformers' eager attention does: for callers that return them."""
-    k_rope = q_rope if k_rope is None else k_rope
-    q = apply_rope_ref(q, q_rope.cos, q_rope.sin)
-    k = apply_rope_ref(k, k_rope.cos, k_rope.sin)
-    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, heads, Nq, Nk)
-    if causal_block > 0:
-        Nq, Nk = q.shape[2], k.shape[2]
-        query_step = (torch.arange(Nq, device=q.device) + Nk - Nq) // causal_block
-        key_step = torch.arange(Nk, device=q.device) // causal_block
-        scores = scores.masked_fill(key_step[None, :] > query_step[:, None], float("-inf"))
-    return torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    rotation, scale and block-causal rule), formed explicitly in fp32 and cast back to q's dtype:
+    for callers that return them (attn_implementation="eager")."""
+    q_rot, k_rot = _rotated(q.float(), k.float(), q_rope, k_rope)
+    return torch.softmax(_log2_scores(q_rot, k_rot, causal_block) * math.log(2.0), dim=-1).to(q.dtype)
 
 
 def check_args(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, causal_block: int) -> None:
@@ -118,8 +114,7 @@ def _fwd_math(q, k, v, q_pos, k_pos, tile: bool, causal_block: int) -> tuple[Ten
     """The op's non-CUDA branch: rope_attention_ref, plus the kernel's log2-sum-exp2 of the scores."""
     q_rope, k_rope = _ropes(q_pos, k_pos, q.shape[-1], tile)
     out = rope_attention_ref(q, k, v, q_rope, k_rope, causal_block)
-    scores = _log2_scores(apply_rope_ref(q.float(), q_rope.cos, q_rope.sin),
-                          apply_rope_ref(k.float(), k_rope.cos, k_rope.sin), causal_block)
+    scores = _log2_scores(*_rotated(q.float(), k.float(), q_rope, k_rope), causal_block)
     return out, torch.logsumexp(scores * math.log(2.0), dim=-1) * math.log2(math.e)
 
 
@@ -129,8 +124,7 @@ def _bwd_math(do, q, k, v, o, lse, q_pos, k_pos, tile: bool, causal_block: int) 
     orthogonal: the transpose, not the inverse)."""
     hd = q.shape[-1]
     q_rope, k_rope = _ropes(q_pos, k_pos, hd, tile)
-    q_rot = apply_rope_ref(q.float(), q_rope.cos, q_rope.sin)
-    k_rot = apply_rope_ref(k.float(), k_rope.cos, k_rope.sin)
+    q_rot, k_rot = _rotated(q.float(), k.float(), q_rope, k_rope)
     p = torch.exp2(_log2_scores(q_rot, k_rot, causal_block) - lse[..., None])
     do = do.float()
     delta = (do * o.float()).sum(-1, keepdim=True)  # (B, H, Nq, 1)
