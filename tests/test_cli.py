@@ -94,3 +94,47 @@ def test_an_unreadable_checkpoint_is_one_line_and_debug_shows_the_traceback(tmp_
     assert "cannot be read as a checkpoint" in str(e.value) and "this ran" not in capsys.readouterr().out
     with pytest.raises(ValueError, match="cannot be read as a checkpoint"):
         train_job.main(["--out", str(tmp_path), "--resume", "--debug"])
+
+
+QUICK = ["--steps", "2", "--warmup-steps", "0", "--cooldown-steps", "0"]
+ONE_LINE_CASES = [  # (job, argv with {tmp} for the test's folder, what the line must say)
+    (train, ["--out", "{tmp}/afile/sub", *QUICK], "--out {tmp}/afile/sub: {tmp}/afile is a file, not a folder"),
+    (train, ["--out", "{tmp}/afile", *QUICK], "--out {tmp}/afile: {tmp}/afile is a file, not a folder"),
+    (train_ac, ["--out", "{tmp}/afile/x", *QUICK], "--out {tmp}/afile/x: {tmp}/afile is a file"),
+    (probe, ["--out", "{tmp}/afile/x"], "--out {tmp}/afile/x: {tmp}/afile is a file"),
+    (plan, ["--cache-dir", "{tmp}/afile"], "--cache-dir {tmp}/afile: {tmp}/afile is a file"),
+    (extract, ["--demo", "--out", "{tmp}/afile/f.safetensors"], "--out {tmp}/afile/f.safetensors: {tmp}/afile is a file"),
+    (convert, ["--src", "{tmp}/x.pt", "--out", "{tmp}/afile/y"], "--out {tmp}/afile/y: {tmp}/afile is a file"),
+    (train, ["--device", "cuda", "--out", "{tmp}/run", *QUICK], "--device cuda: no CUDA device is available"),
+    (train_ac, ["--device", "cuda", "--out", "{tmp}/run", *QUICK], "--device cuda: no CUDA device is available"),
+    (train_ac, ["--encoder-preset", "nope", *QUICK], "--encoder-preset must be one of ("),
+    (train_ac, ["--sim-task", "nope", *QUICK], "must be one of ('reach', 'push'), got 'nope'"),
+    (train_ac, ["--clip-frames", "9", "--frames", "8", *QUICK], "--clip-frames (9) is longer than the generated"),
+    (train_ac, ["--data-dir", "{tmp}/none", "--out", "{tmp}/run", *QUICK], "--data-dir {tmp}/none: no trajectories"),
+    (train_ac, ["--encoder", "{tmp}", "--out", "{tmp}/run", *QUICK], "--encoder {tmp}: {tmp}: config.json is missing"),
+    (train_ac, ["--encoder", "{tmp}/none", "--out", "{tmp}/run", *QUICK], "--encoder {tmp}/none: "),
+]
+
+
+@pytest.mark.parametrize("job,argv,message", ONE_LINE_CASES,
+                         ids=[f"{j.__name__.split('.')[-1]}:{' '.join(a[:2])}" for j, a, _ in ONE_LINE_CASES])
+def test_each_bad_command_line_is_one_line_naming_the_flag(tmp_path, capsys, job, argv, message):
+    import torch
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as e:
+        job.main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    line = str(e.value) if isinstance(e.value.code, str) else err.strip().splitlines()[-1]
+    assert message.format(tmp=tmp_path) in line and "Traceback" not in err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("*.pt"))
+
+
+def test_a_saved_encoder_of_another_preset_is_refused(tmp_path):
+    from vjepa_fast.config import VJEPA2Config
+    from vjepa_fast.model import VJEPA2Model
+    VJEPA2Model(VJEPA2Config.from_name("tiny")).save_pretrained(str(tmp_path / "encoder"))
+    with pytest.raises(SystemExit) as e:
+        train_ac.main(["--out", str(tmp_path), "--encoder-preset", "small", "--trajectories", "1", *QUICK])
+    assert f"--encoder-preset small: {tmp_path / 'encoder'} holds an encoder of another configuration" in str(e.value)

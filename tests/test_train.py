@@ -124,6 +124,56 @@ def test_exact_resume(tmp_path):
     resumed.close()
 
 
+# A training run in its own process whose second checkpoint save stops half-way through the file
+# (the first half written, then it waits to be killed): the test kills it there with SIGKILL.
+KILLED_MID_SAVE = """
+import json, sys, time, torch
+from vjepa_fast.jobs.train_config import TrainConfig
+from vjepa_fast.jobs.trainer import Trainer
+real_save, saves = torch.save, []
+def save_and_hang(obj, path):
+    saves.append(path)
+    if len(saves) == 2:
+        real_save(obj, path)
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+        print("mid-save", flush=True)
+        time.sleep(600)
+    real_save(obj, path)
+torch.save = save_and_hang
+Trainer(TrainConfig(**json.loads(sys.argv[1]))).run()
+"""
+
+
+def test_kill_9_during_a_save_loses_nothing_and_resumes_exactly(tmp_path, one_thread):
+    import json
+    import subprocess
+    import sys
+    # One thread on both sides: the killed process and this one sum in the same order.
+    full = Trainer(small_config(tmp_path / "full", checkpoint_every=2, threads=1))
+    losses = full.run()
+    killed = small_config(tmp_path / "killed", checkpoint_every=2, threads=1)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_MID_SAVE, json.dumps(dataclasses.asdict(killed))],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "mid-save"
+    finally:
+        proc.kill()
+        proc.wait()
+    run = tmp_path / "killed" / "run"
+    partial = [p for p in run.iterdir() if p.name.startswith(".latest.pt.")]
+    assert len(partial) == 1  # the half-written temporary file; latest.pt is the step-2 one, whole
+    assert torch.load(run / "latest.pt", weights_only=True)["step"] == 2
+    resumed = Trainer(dataclasses.replace(killed, resume=True))
+    assert resumed.step == 2 and not partial[0].exists()
+    rest = resumed.run()
+    assert rest == losses[2:]  # bit for bit
+    for a, b in zip(full.jepa.parameters(), resumed.jepa.parameters()):
+        assert torch.equal(a, b)
+    full.close()
+    resumed.close()
+
+
 def test_checkpoint_is_metas_format_and_export_loads_in_transformers(tmp_path):
     from vjepa_fast.model import VJEPA2Model
     trainer = Trainer(small_config(tmp_path, steps=3, warmup_steps=1, cooldown_steps=1, export=True))

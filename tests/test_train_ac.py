@@ -98,7 +98,7 @@ def test_cli_maps_onto_config():
     with pytest.raises(SystemExit) as e:
         parse(TrainACConfig, ["--help"], "x", "")
     assert e.value.code == 0
-    with pytest.raises(ValueError, match="rollout_steps"):
+    with pytest.raises(ValueError, match="--rollout-steps"):
         TrainACConfig(clip_frames=2, rollout_steps=2)
     p = parse(plan.PlanConfig, ["--episodes", "2", "--samples", "16"], "x", "")
     assert (p.episodes, p.samples) == (2, 16)
@@ -106,7 +106,7 @@ def test_cli_maps_onto_config():
 
 @pytest.mark.parametrize("cls,argv,message", [
     (TrainACConfig, ["--lr", "-1"], "lr must be > 0"),
-    (TrainACConfig, ["--warmup-steps", "-2"], "warmup_steps and cooldown_steps must be >= 0"),
+    (TrainACConfig, ["--warmup-steps", "-2"], r"--warmup-steps \(-2\) and --cooldown-steps \(200\) must be >= 0"),
     (plan.PlanConfig, ["--samples", "5", "--top-k", "10"], r"top_k must be in \[2, samples=5\]"),
 ])
 def test_bad_flags_are_usage_errors(capsys, cls, argv, message):

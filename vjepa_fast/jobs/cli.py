@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
@@ -61,9 +62,10 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_fields(config, at_least_1=(), at_least_0=(), numbers=(), choices=None) -> None:
+def check_fields(config, at_least_1=(), at_least_0=(), numbers=(), choices=None, folders=(), files=()) -> None:
     """The checks every job config makes: ints with a lower bound, finite numbers >= 0, names
-    from a list. The error names the flag."""
+    from a list, output paths that can be written (a folder, or a file, whose parents are not
+    files). The error names the flag."""
     for low, names in ((1, at_least_1), (0, at_least_0)):
         for name in names:
             value = getattr(config, name)
@@ -76,6 +78,12 @@ def check_fields(config, at_least_1=(), at_least_0=(), numbers=(), choices=None)
     for name, allowed in (choices or {}).items():
         if getattr(config, name) not in allowed:
             raise ValueError(f"{flag(name)} must be one of {tuple(allowed)}, got {getattr(config, name)!r}")
+    for name in (*folders, *files):
+        path = Path(getattr(config, name))
+        must_be_folders = [*reversed(path.parents), *([path] if name in folders else [])]
+        blocked = next((p for p in must_be_folders if p.is_file()), None)
+        if blocked is not None:
+            raise ValueError(f"{flag(name)} {path}: {blocked} is a file, not a folder")
 
 
 def run(job: Callable[[Config], object], config: Config, prog: str):

@@ -44,7 +44,8 @@ class ConvertConfig:
     frames: int = field(default=4, metadata={"help": "frames of the random clip both sides are run on"})
 
     def __post_init__(self):
-        cli.check_fields(self, at_least_1=("frames",), choices={"encoder_key": ("encoder", "target_encoder")})
+        cli.check_fields(self, at_least_1=("frames",), choices={"encoder_key": ("encoder", "target_encoder")},
+                         files=("out",))
         if not self.src or not self.out:
             raise ValueError("--src and --out are both needed")
 

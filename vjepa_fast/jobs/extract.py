@@ -48,7 +48,7 @@ class ExtractConfig:
                                                         "print the shape (no downloads)"})
 
     def __post_init__(self):
-        cli.check_fields(self, choices={"dtype": DTYPES, "rope_grid": (*ROPE_GRIDS, None)})
+        cli.check_fields(self, choices={"dtype": DTYPES, "rope_grid": (*ROPE_GRIDS, None)}, files=("out",))
         if self.demo and (self.videos or self.model):
             raise ValueError("demo makes its own video and model: pass neither VIDEO nor --model with --demo")
         if not self.demo and not self.videos:

@@ -50,7 +50,7 @@ class PlanConfig:
                                                             "bfloat16 (faster on GPUs and CPUs with AMX/AVX512-BF16)"})
 
     def __post_init__(self):
-        cli.check_fields(self, choices={"dtype": ("float32", "bfloat16")})
+        cli.check_fields(self, choices={"dtype": ("float32", "bfloat16")}, folders=("out", "cache_dir"))
         if self.episodes < 1 or self.max_steps < 1:
             raise ValueError(f"PlanConfig: episodes and max_steps must be >= 1, got {self.episodes}, {self.max_steps}")
         self.cem()  # the CEM settings' own checks, before any training or planning starts

@@ -30,7 +30,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from vjepa_fast.checkpoints import Source, read_config
-from vjepa_fast.files import atomic_write
+from vjepa_fast.files import FolderLock, atomic_write
 from vjepa_fast.jobs import cli
 from vjepa_fast.jobs.loop import Run, Schedule, param_groups, resume_help
 from vjepa_fast.classifier import VJEPA2ForVideoClassification, classification_loss
@@ -82,7 +82,7 @@ class ProbeConfig:
     def __post_init__(self):
         cli.check_fields(self, at_least_1=("frame_step", "clips", "views", "batch_size", "physics_train", "physics_test",
                                            "physics_frames"), at_least_0=("frames", "epochs", "warmup_epochs", "seed"),
-                         numbers=("lr", "weight_decay"), choices={"feature_dtype": DTYPES})
+                         numbers=("lr", "weight_decay"), choices={"feature_dtype": DTYPES}, folders=("out",))
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if not self.lr > 0 or self.weight_decay < 0:
@@ -370,6 +370,7 @@ def run(config: ProbeConfig) -> dict:
     """Extract (or reuse) features, train the head, evaluate; returns the metrics it writes."""
     device = cli.resolve_device(config.device)
     out = Path(config.out)
+    FolderLock(out).acquire()  # before the feature caches are written
     train_set, test_set, names = load_data(config)
     model = load_model(config, names)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]

@@ -30,7 +30,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from vjepa_fast.ac_model import AC_PRESETS, ACConfig, ACPredictor, encode_frames
-from vjepa_fast.files import atomic_write
+from vjepa_fast.files import FolderLock, atomic_write
 from vjepa_fast.jobs import cli
 from vjepa_fast.jobs.loop import Run, Schedule, param_groups, resume_help
 from vjepa_fast.config import PRESETS, VJEPA2Config
@@ -77,18 +77,22 @@ class TrainACConfig:
 
     def __post_init__(self):
         cli.check_fields(self, at_least_1=("trajectories", "frames", "batch_size", "steps", "checkpoint_every",
-                                           "rollout_steps"), choices={"predictor": AC_PRESETS})
+                                           "rollout_steps"),
+                         choices={"predictor": AC_PRESETS, "encoder_preset": PRESETS}, folders=("out",))
         if self.clip_frames < 2:
-            raise ValueError(f"TrainACConfig.clip_frames must be >= 2 (one action), got {self.clip_frames}")
+            raise ValueError(f"--clip-frames must be >= 2 (one action), got {self.clip_frames}")
+        if not self.data_dir and self.clip_frames > self.frames:
+            raise ValueError(f"--clip-frames ({self.clip_frames}) is longer than the generated trajectories "
+                             f"(--frames {self.frames})")
         if self.rollout_steps > self.clip_frames - 1:
-            raise ValueError(f"TrainACConfig.rollout_steps ({self.rollout_steps}) must be <= clip_frames - 1 "
+            raise ValueError(f"--rollout-steps ({self.rollout_steps}) must be <= --clip-frames - 1 "
                              f"({self.clip_frames - 1})")
         if not (self.lr > 0 and self.start_lr >= 0 and self.final_lr >= 0 and self.weight_decay >= 0):
-            raise ValueError(f"TrainACConfig: lr must be > 0 and start_lr, final_lr, weight_decay >= 0, got "
+            raise ValueError(f"--lr must be > 0 and --start-lr, --final-lr, --weight-decay >= 0, got "
                              f"{self.lr}, {self.start_lr}, {self.final_lr}, {self.weight_decay}")
         if self.warmup_steps < 0 or self.cooldown_steps < 0 or self.warmup_steps + self.cooldown_steps > self.steps:
-            raise ValueError(f"TrainACConfig: warmup_steps and cooldown_steps must be >= 0 and fit in steps, got "
-                             f"{self.warmup_steps}, {self.cooldown_steps} and {self.steps}")
+            raise ValueError(f"--warmup-steps ({self.warmup_steps}) and --cooldown-steps ({self.cooldown_steps}) "
+                             f"must be >= 0 and fit in --steps ({self.steps})")
 
     def schedule(self) -> Schedule:
         return Schedule(self.steps, self.lr, self.start_lr, self.final_lr, self.warmup_steps, self.cooldown_steps)
@@ -99,12 +103,20 @@ class TrainACConfig:
 def load_encoder(config: TrainACConfig) -> tuple[VJEPA2Model, str]:
     """The frozen encoder and the path it can be reloaded from (a random-init one is saved once)."""
     if config.encoder:
-        return VJEPA2Model.from_pretrained(config.encoder).eval(), config.encoder
+        try:
+            return VJEPA2Model.from_pretrained(config.encoder).eval(), config.encoder
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--encoder {config.encoder}: {e}") from e
     path = Path(config.out) / "encoder"
+    wanted = VJEPA2Config.from_name(config.encoder_preset)
     if (path / "config.json").exists():
-        return VJEPA2Model.from_pretrained(str(path)).eval(), str(path)
+        model = VJEPA2Model.from_pretrained(str(path)).eval()
+        if model.config.to_dict() != wanted.to_dict():
+            raise ValueError(f"--encoder-preset {config.encoder_preset}: {path} holds an encoder of another "
+                             f"configuration; give another --out or remove {path}")
+        return model, str(path)
     torch.manual_seed(config.seed)
-    model = VJEPA2Model(VJEPA2Config.from_name(config.encoder_preset)).eval()
+    model = VJEPA2Model(wanted).eval()
     model.save_pretrained(str(path))
     return model, str(path)
 
@@ -181,7 +193,7 @@ def sample_batch(data: dict[str, Tensor], config: TrainACConfig, generator: torc
     M, T = data["features"].shape[:2]
     Fc = config.clip_frames
     if Fc > T:
-        raise ValueError(f"clip_frames ({Fc}) is longer than the trajectories ({T} frames)")
+        raise ValueError(f"--clip-frames ({Fc}) is longer than the trajectories ({T} frames)")
     idx = torch.randint(M, (config.batch_size,), generator=generator)
     start = torch.randint(T - Fc + 1, (config.batch_size,), generator=generator)
     window = start[:, None] + torch.arange(Fc)  # (B, F)
@@ -232,8 +244,8 @@ def train(config: TrainACConfig) -> Path:
     """Trains and returns the path of the final predictor file OUT/ac_predictor.pt."""
     c = config
     out = Path(c.out)
-    out.mkdir(parents=True, exist_ok=True)
     device = cli.resolve_device(c.device)
+    FolderLock(out).acquire()  # before the encoder, trajectories and feature cache are written
     encoder, encoder_path = load_encoder(c)
     data = load_features(c, encoder)
     data = {k: v.to(device) for k, v in data.items()}

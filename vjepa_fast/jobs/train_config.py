@@ -95,7 +95,8 @@ class TrainConfig:
                          numbers=("fps", "start_lr", "lr", "final_lr", "weight_decay", "ema", "beta1", "beta2",
                                   "min_scale", "max_scale", "min_aspect", "max_aspect", "short_scale", "long_scale"),
                          choices={"preset": TRAIN_PRESETS, "model": PRESETS, "dtype": ("auto", "float32", "bfloat16"),
-                                  "device": ("auto", "cpu", "cuda"), "rope_mode": ("tile", "interleave")})
+                                  "device": ("auto", "cpu", "cuda"), "rope_mode": ("tile", "interleave")},
+                         folders=("out",))
         for name in ("ema", "beta1", "beta2"):
             if not getattr(self, name) < 1:
                 raise ValueError(f"{cli.flag(name)} must be in [0, 1), got {getattr(self, name)}")

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vjepa_fast.checkpoints import meta_to_ours, ours_to_meta, strip_meta_prefix
+from vjepa_fast.jobs import cli
 from vjepa_fast.jobs.loop import Run, param_groups
 from vjepa_fast.jobs.train_data import Collate, PhysicsTrainClips, StreamBatches, VideoClips, Augment, list_videos, make_loader
 from vjepa_fast.model import Encoder, Predictor, VJEPA2Model, gather_tokens
@@ -75,9 +76,7 @@ def ema_update(target: list[Tensor], online: list[Tensor], momentum: float) -> N
 
 def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     """Under torchrun (WORLD_SIZE set): NCCL on GPUs, gloo on CPU. Returns (rank, world, device)."""
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available")
+    use_cuda = cli.resolve_device(device).type == "cuda"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
     if use_cuda:
