@@ -4,7 +4,8 @@ import logging
 import pytest
 import torch
 
-from vjepa_fast.jobs.train_data import Augment, VideoClips, list_videos
+from vjepa_fast.jobs.train_data import Augment, VideoClips
+from vjepa_fast.video import list_videos
 from vjepa_fast.masks import mix_seed
 from vjepa_fast.worlds.physics import PhysicsConfig, generate_clip, write_mp4
 from vjepa_fast.jobs import cli
@@ -266,7 +267,7 @@ def test_corrupt_videos_are_skipped_counted_and_logged(tmp_path, caplog):
         write_mp4(generate_clip(PhysicsConfig(frames=12, size=48), i)[0], folder / f"good_{i}.mp4")
     (folder / "corrupt.mp4").write_bytes(torch.randint(0, 256, (4000,), dtype=torch.uint8).numpy().tobytes())
     (folder / "empty.mp4").write_bytes(b"")
-    files = list_videos(str(folder))
+    files = list_videos(str(folder), "--data")
     assert len(files) == 4
     clips = VideoClips(files, frames=4, fps=4.0, augment=Augment(32), seed=0)
     with caplog.at_level(logging.WARNING):
@@ -295,10 +296,10 @@ def test_augmentation_is_seeded_and_in_range():
 
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="--data"):
-        list_videos(str(tmp_path / "nowhere"))
+        list_videos(str(tmp_path / "nowhere"), "--data")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no videos"):
-        list_videos(str(tmp_path / "empty"))
+        list_videos(str(tmp_path / "empty"), "--data")
 
 
 # ---- CLI ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ The processor recipe (transformers' BaseVideoProcessor running torchvision's v2 
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import platform
@@ -352,10 +353,20 @@ class Clip:
 
 def load_clip(path: str | Path, sampling: ClipSampling | None = None) -> Clip:
     """Decode the frames `sampling` picks from the video file at `path` (torchcodec, exact seeking)."""
+    sampling = ClipSampling() if sampling is None else sampling
+    decoder = open_video(path)
+    total, video_fps = decoder.metadata.num_frames or 0, decoder.metadata.average_fps or 0.0
+    indices = frame_indices(sampling, total, video_fps, source=str(path))
+    frames = decoder.get_frames_at(indices.tolist()).data  # (T, 3, H, W) uint8
+    return Clip(frames, indices, float(video_fps), total)
+
+
+def open_video(path: str | Path, device: str = "cpu"):
+    """torchcodec's VideoDecoder (exact seeking) for the file at `path`, decoding on `device`;
+    a missing, empty or undecodable file is an error naming it."""
     # Imported here: torchcodec loads the FFmpeg libraries on import, which the processor never needs.
     from torchcodec.decoders import VideoDecoder
 
-    sampling = ClipSampling() if sampling is None else sampling
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"path: no such video file: {path}")
@@ -364,11 +375,31 @@ def load_clip(path: str | Path, sampling: ClipSampling | None = None) -> Clip:
     if path.stat().st_size == 0:
         raise ValueError(f"path: video file is empty: {path}")
     try:
-        decoder = VideoDecoder(str(path), seek_mode="exact")
+        return VideoDecoder(str(path), seek_mode="exact", device=device)
     except (RuntimeError, ValueError) as e:
         raise ValueError(f"path: cannot decode {path} as a video: {e}") from e
-    total = decoder.metadata.num_frames or 0
-    video_fps = decoder.metadata.average_fps or 0.0
-    indices = frame_indices(sampling, total, video_fps, source=str(path))
-    frames = decoder.get_frames_at(indices.tolist()).data  # (T, 3, H, W) uint8
-    return Clip(frames, indices, float(video_fps), total)
+
+
+def list_videos(source: str, flag: str) -> list[Path]:
+    """A video file, a folder (searched recursively for video suffixes) or a CSV/text file whose
+    first column (comma- or space-separated, as in Meta's lists) is a video path; relative paths
+    are taken from the list's folder. `flag` names the argument in errors."""
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{flag}: no such file or folder: {source}")
+    if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    elif path.is_file():
+        files = []
+        with open(path, newline="") as f:
+            for row in csv.reader(f):
+                if row and row[0].strip():
+                    name = Path(row[0].strip().split(" ")[0])
+                    files.append(name if name.is_absolute() else path.parent / name)
+    else:
+        raise ValueError(f"{flag}: {source} is neither a video, a folder of videos nor a CSV/text list")
+    if not files:
+        raise ValueError(f"{flag}: no videos found in {source} (looked for {', '.join(VIDEO_EXTENSIONS)})")
+    return files

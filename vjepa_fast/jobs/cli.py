@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
+import torch.distributed as dist
 
 Config = TypeVar("Config")
 _TYPES = {"int": int, "float": float, "str": str}
@@ -108,3 +110,16 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA device is available")
     return torch.device(name)
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """Under torchrun (WORLD_SIZE set): NCCL on GPUs, gloo on CPU. Returns (rank, world, device)."""
+    use_cuda = resolve_device(device).type == "cuda"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)  # before NCCL starts, so each rank talks from its own GPU
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return rank, world, device

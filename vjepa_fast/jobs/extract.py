@@ -1,58 +1,104 @@
-"""Encoder features for video files, saved to one safetensors file.
+"""Encoder features for whole datasets, streamed to safetensors shards with a manifest.
 
-    python -m vjepa_fast.extract a.mp4 b.mp4 --model facebook/vjepa2-vitl-fpc64-256 --out feats.safetensors
-    python -m vjepa_fast.extract --demo --out outputs/demo_features.safetensors   # no downloads
+    python -m vjepa_fast.extract videos/ --model facebook/vjepa2-vitl-fpc64-256 --out features/
+    torchrun --nproc-per-node 8 -m vjepa_fast.extract list.csv --model DIR --out features/
+    python -m vjepa_fast.extract --demo     # a generated MP4 and a random tiny model, no downloads
 
-Each video becomes one tensor, get_vision_features' output (1, N, D), keyed by its file stem
-(sanitised, made unique). The file's metadata holds "config" (these settings) and "videos"
-(per key: source path, frame indices, frame rate), both JSON.
+VIDEO arguments are files, folders (searched recursively) or CSV/text lists (first column a
+path). DataLoader workers decode and crop; the model encodes batches of clips. OUT gets
+shard-r<rank>-<n>.safetensors files (each written atomically, at most --shard-size-mb of
+features held in memory) and manifest.csv (key, video, path, window, start frame and time,
+frame indices, fps, shape, shard, status, error). A video that cannot be read is listed with
+its error and skipped. The same command again resumes: what the shards hold is skipped. Under
+torchrun each rank takes every WORLD_SIZE-th video and rank 0 writes the manifest.
+
+A clip's features are get_vision_features' (N, D) (--layers: (L, N, D), each block's output
+through the final LayerNorm as Meta's evaluations take them; --pool mean: (D,) or (L, D)).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
-import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vjepa_fast.files import atomic_write
-from vjepa_fast.jobs import cli
 from vjepa_fast.config import DTYPES, ROPE_GRIDS, VJEPA2Config
+from vjepa_fast.files import FolderLock, atomic_write, remove_stale_temps
+from vjepa_fast.jobs import cli
+from vjepa_fast.jobs.extract_data import (ClipStream, ShardWriter, Video, Windows, list_inputs, load_features,
+                                          merged_rows, progress, stack, write_manifest)
 from vjepa_fast.model import VJEPA2Model
-from vjepa_fast.video import ClipSampling, ProcessorConfig, VideoProcessor, load_clip
+from vjepa_fast.video import ClipSampling, open_video
 
+log = logging.getLogger("vjepa_fast")
+# What the features depend on: a resumed run must have the same values.
+SETTINGS = ("model", "num_frames", "frame_step", "fps", "uniform", "start_frame", "window_stride", "max_windows",
+            "pool", "layers", "dtype", "feature_dtype", "rope_grid")
 
 
 @dataclass
 class ExtractConfig:
-    videos: list[str] = field(default_factory=list, metadata={"help": "video files to encode"})
+    videos: list[str] = field(default_factory=list, metadata={
+        "help": "video files, folders (searched recursively) or CSV/text lists whose first column is a path"})
     model: str | None = field(default=None, metadata={"help": "checkpoint directory (config.json + "
                                                                "model.safetensors) or hub id"})
-    out: str = field(default="features.safetensors", metadata={"help": "the .safetensors file to write"})
+    out: str = field(default="outputs/features", metadata={"help": "folder for the shards and manifest.csv"})
     num_frames: int = field(default=64, metadata={"help": "frames per clip"})
     frame_step: int | None = field(default=None, metadata={"help": "take every N-th frame (unset: 1)"})
     fps: float | None = field(default=None, metadata={"help": "sample at this rate instead (step = ceil(video "
                                                                "fps) // fps)"})
     uniform: bool = field(default=False, metadata={"help": "spread the frames evenly over the whole video instead"})
-    start_frame: int = field(default=0, metadata={"help": "first frame of the clip"})
+    start_frame: int = field(default=0, metadata={"help": "first frame of the (first) clip"})
+    window_stride: int | None = field(default=None, metadata={
+        "help": "a clip every N frames of the video while one fits (keys KEY#0, KEY#1, ...); unset: one clip"})
+    max_windows: int | None = field(default=None, metadata={"help": "at most this many clips per video"})
+    pool: str = field(default="none", metadata={"help": "none: every token's features; mean: their mean"})
+    layers: str = field(default="last", metadata={"help": "last (the encoder's output), or encoder block "
+                                                          "numbers such as 6,12,18,24"})
+    batch_size: int = field(default=8, metadata={"help": "clips per forward pass"})
+    workers: int = field(default=2, metadata={"help": "decoding processes (0: decode in the main process)"})
+    shard_size_mb: float = field(default=256, metadata={"help": "a shard is written once its features pass this "
+                                                                "(0: one shard per clip)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu or cuda"})
-    dtype: str = field(default="float32", metadata={"help": f"model and feature dtype: {sorted(DTYPES)}"})
+    dtype: str = field(default="auto", metadata={"help": "compute precision: auto (bfloat16 autocast on CUDA, "
+                                                         f"float32 on CPU) or one of {sorted(DTYPES)}"})
+    feature_dtype: str = field(default="float32", metadata={"help": f"dtype of the saved features: {sorted(DTYPES)}"})
+    decode_device: str = field(default="auto", metadata={
+        "help": "cpu (in the workers), cuda (torchcodec's GPU decoder, in the main process) or auto: cuda when "
+                "the model runs on CUDA and torchcodec can decode there, else cpu"})
     rope_grid: str | None = field(default=None, metadata={"help": "token position grid: 'config' (transformers) "
                                                                    "or 'input' (Meta); unset: the checkpoint's"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     demo: bool = field(default=False, metadata={"help": "generate a short MP4 and a random tiny model, extract, "
                                                         "print the shape (no downloads)"})
 
     def __post_init__(self):
-        cli.check_fields(self, choices={"dtype": DTYPES, "rope_grid": (*ROPE_GRIDS, None)}, files=("out",))
+        cli.check_fields(self, at_least_1=("batch_size",), at_least_0=("workers",), numbers=("shard_size_mb",),
+                         choices={"dtype": ("auto", *DTYPES), "feature_dtype": DTYPES, "pool": ("none", "mean"),
+                                  "decode_device": ("auto", "cpu", "cuda"), "rope_grid": (*ROPE_GRIDS, None)},
+                         folders=("out",))
+        for name in ("window_stride", "max_windows"):
+            if getattr(self, name) is not None:
+                cli.check_fields(self, at_least_1=(name,))
+        if self.max_windows is not None and self.window_stride is None:
+            raise ValueError("--max-windows needs --window-stride (without it each video gives one clip)")
+        if self.window_stride is not None and self.uniform:
+            raise ValueError("--window-stride and --uniform are exclusive: --uniform spreads one clip over the video")
+        self.layer_numbers()
         if self.demo and (self.videos or self.model):
             raise ValueError("demo makes its own video and model: pass neither VIDEO nor --model with --demo")
         if not self.demo and not self.videos:
-            raise ValueError("videos: give at least one video file (or --demo)")
+            raise ValueError("videos: give at least one video file, folder or list (or --demo)")
         if not self.demo and not self.model:
             raise ValueError("model: give a checkpoint directory or hub id with --model (or --demo)")
         self.sampling()  # bad sampling arguments fail here, before any model is loaded
@@ -60,46 +106,181 @@ class ExtractConfig:
     def sampling(self) -> ClipSampling:
         return ClipSampling(self.num_frames, self.frame_step, self.fps, self.uniform, self.start_frame)
 
-
-def feature_keys(videos: list[str]) -> list[str]:
-    """File stems made safe and unique: 'my clip.mp4' -> 'my_clip'; a repeated stem gets '_<index>'."""
-    keys = []
-    for i, video in enumerate(videos):
-        key = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(video).stem) or f"video_{i}"
-        while key in keys:  # a loop: 'a', 'a_2', 'a' would otherwise give 'a_2' twice
-            key = f"{key}_{i}"
-        keys.append(key)
-    return keys
+    def layer_numbers(self) -> list[int] | None:
+        """None for 'last', else the block numbers (1 = the first block's output)."""
+        if self.layers == "last":
+            return None
+        parts = self.layers.split(",")
+        if not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+            raise ValueError(f"--layers must be 'last' or block numbers >= 1 such as 6,12, got {self.layers!r}")
+        return [int(p) for p in parts]
 
 
-def extract(config: ExtractConfig, model: VJEPA2Model | None = None) -> dict[str, Tensor]:
-    """Encode every video of `config` and write config.out; returns {key: (1, N, D) features}.
-    `model` replaces loading config.model (the demo passes its random one; config.rope_grid
-    then applies only where the model was built)."""
-    from safetensors.torch import save_file
+def precision(config: ExtractConfig, device: torch.device) -> str:
+    if config.dtype == "auto":
+        return "bfloat16" if device.type == "cuda" else "float32"
+    return config.dtype
 
-    missing = [v for v in config.videos if not Path(v).is_file()]
-    if missing:
-        raise FileNotFoundError(f"videos: no such file(s): {', '.join(missing)}")
+
+def load_model(config: ExtractConfig, model: VJEPA2Model | None, device: torch.device) -> VJEPA2Model:
     if model is None:
         model = VJEPA2Model.from_pretrained(config.model, rope_grid=config.rope_grid)
-    dtype = DTYPES[config.dtype]
+    depth = model.config.num_hidden_layers
+    if any(n > depth for n in config.layer_numbers() or []):
+        raise ValueError(f"--layers {config.layers}: the encoder has {depth} blocks (1..{depth})")
+    return model.to(device).eval()
+
+
+def decode_device(config: ExtractConfig, device: torch.device, videos: list[Video]) -> str:
+    """Where torchcodec decodes: the GPU when asked (or, under auto, when it works there)."""
+    if config.decode_device == "cpu" or (config.decode_device == "auto" and device.type != "cuda"):
+        return "cpu"
+    if device.type != "cuda":
+        raise ValueError(f"--decode-device cuda needs the model on CUDA, but it runs on {device}")
+    if config.decode_device == "auto":
+        try:
+            open_video(videos[0].path, str(device))
+        except Exception as e:
+            log.warning(f"torchcodec cannot decode on {device} ({e}); decoding on the CPU in --workers processes")
+            return "cpu"
+    return str(device)
+
+
+def encode(model: VJEPA2Model, clips: list[Tensor], config: ExtractConfig, device: torch.device) -> list[Tensor]:
+    """uint8 crops (T, 3, crop, crop) -> one feature tensor per clip, on the CPU."""
+    video = stack(clips, device)
+    dtype = precision(config, device)
+    autocast = torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "float32")
+    layers = config.layer_numbers()
+    with torch.inference_mode(), autocast:
+        if layers is None:
+            h = model.encoder(video)                                                    # (B, N, D)
+        else:
+            hidden = []  # the embeddings, then every block's output
+            model.encoder(video, None, hidden)
+            h = torch.stack([model.encoder.norm(hidden[n]) for n in layers], dim=1)    # (B, L, N, D)
+        if config.pool == "mean":
+            h = h.float().mean(dim=-2)
+        h = h.to(DTYPES[config.feature_dtype]).cpu()
+    return [f.clone() for f in h]  # each its own storage: a shard holds only its clips
+
+
+def clips_with_features(config: ExtractConfig, model: VJEPA2Model, device: torch.device, videos: list[Video],
+                        done: set[str], finished: set[str]) -> Iterator[tuple[dict, Tensor | None]]:
+    """(row, features) for every clip of `videos` not in done, (row, None) for a failed video."""
+    where = decode_device(config, device, videos)
+    windows = Windows(config.sampling(), config.window_stride, config.max_windows, model.config.crop_size)
+    workers = 0 if where != "cpu" else min(config.workers, len(videos))
+    loader = DataLoader(ClipStream(videos, windows, done, finished, where), batch_size=None, num_workers=workers,
+                        pin_memory=device.type == "cuda", worker_init_fn=_one_thread,
+                        prefetch_factor=max(2, 2 * config.batch_size // workers) if workers else None)
+    batch = []
+    for row, frames in loader:
+        if frames is None:
+            yield row, None
+            continue
+        batch.append((row, frames))
+        if len(batch) == config.batch_size:
+            yield from zip([r for r, _ in batch], encode(model, [f for _, f in batch], config, device))
+            batch = []
+    if batch:
+        yield from zip([r for r, _ in batch], encode(model, [f for _, f in batch], config, device))
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)  # the workers only decode and crop; the cores are the model's
+
+
+def iter_features(config: ExtractConfig, model: VJEPA2Model | None = None) -> Iterator[tuple[str, Tensor]]:
+    """(key, features) for every clip of config.videos, in memory, nothing written (a video that
+    cannot be read is logged and skipped). `model` replaces loading config.model."""
     device = cli.resolve_device(config.device)
-    model = model.to(device=device, dtype=dtype).eval()
-    processor = VideoProcessor(ProcessorConfig(crop_size=model.config.crop_size))
-    sampling = config.sampling()
-    features, sources = {}, {}
-    keys = feature_keys(config.videos)
-    for key, video in tqdm(list(zip(keys, config.videos)), desc="extract", unit="video"):
-        clip = load_clip(video, sampling)
-        pixels = processor.process(clip.frames.to(device))[None].to(dtype)  # (1, T, 3, crop, crop)
-        with torch.inference_mode():
-            features[key] = model.get_vision_features(pixels).cpu().contiguous()  # (1, N, D)
-        sources[key] = {"path": str(video), "frame_indices": clip.indices.tolist(),
-                        "video_fps": clip.video_fps, "total_frames": clip.total_frames}
-    metadata = {"config": json.dumps(dataclasses.asdict(config)), "videos": json.dumps(sources)}
-    atomic_write(Path(config.out), lambda p: save_file(features, p, metadata=metadata))
-    return features
+    videos = list_inputs(config.videos)
+    model = load_model(config, model, device)
+    for row, features in clips_with_features(config, model, device, videos, set(), set()):
+        if features is None:
+            log.warning(f"{row['path']}: skipped ({row['error']})")
+        else:
+            yield row["key"], features
+
+
+def extract(config: ExtractConfig, model: VJEPA2Model | None = None) -> list[dict]:
+    """Extracts every clip of config.videos into config.out (resuming what is there) and returns
+    the manifest rows. `model` replaces loading config.model (the demo passes its random one)."""
+    rank, world, device = cli.setup_distributed(config.device)
+    out = Path(config.out)
+    try:
+        videos = list_inputs(config.videos)
+        model = load_model(config, model, device)
+        settings = {name: getattr(config, name) for name in SETTINGS} | {"dtype": precision(config, device)}
+        _on_rank0(rank, world, lambda: _claim(out, settings))
+        done, finished = progress(merged_rows(out))
+        mine = [v for v in videos[rank::world] if v.key not in finished]
+        start, clips = time.perf_counter(), 0
+        writer = ShardWriter(out, rank, int(config.shard_size_mb * 2**20))
+        bar = tqdm(total=len(mine), desc="extract", unit="video", disable=not config.progress or rank != 0)
+        for row, features in clips_with_features(config, model, device, mine, done, finished):
+            writer.add(row, features)
+            clips += features is not None
+            if row["last"]:
+                bar.update(1)
+                bar.set_postfix(clips_per_s=f"{clips / (time.perf_counter() - start):.2f}", refresh=False)
+        writer.flush()
+        bar.close()
+        if world > 1:
+            dist.barrier()  # every rank's shards are written
+        rows = merged_rows(out)
+        if rank == 0:
+            write_manifest(out / "manifest.csv", rows)
+            _summary(out, rows, len(done), time.perf_counter() - start, len(videos))
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+    if not any(r["status"] == "ok" for r in rows):
+        raise ValueError(f"no clip could be extracted: all {len(rows)} videos failed (see {out / 'manifest.csv'})")
+    return rows
+
+
+def _claim(out: Path, settings: dict) -> None:
+    """Rank 0: one run per folder, leftovers of a killed write removed, and a resumed folder
+    checked to hold features made with these settings."""
+    FolderLock(out).acquire()
+    remove_stale_temps(out)
+    path = out / "extract_config.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = [f"{cli.flag(k)} {before.get(k)!r} there, {v!r} now" for k, v in settings.items() if before.get(k) != v]
+        if changed:
+            raise ValueError(f"--out {out} holds features made with other settings ({'; '.join(changed)}); "
+                             "give another --out, or the same settings to resume")
+    else:
+        atomic_write(path, lambda p: Path(p).write_text(json.dumps(settings, indent=2) + "\n"))
+
+
+def _on_rank0(rank: int, world: int, step) -> None:
+    """Runs step on rank 0; its error, if any, is raised on every rank (none is left waiting)."""
+    error = None
+    if rank == 0:
+        try:
+            step()
+        except ValueError as e:
+            error = str(e)
+    if world > 1:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise ValueError(error)
+
+
+def _summary(out: Path, rows: list[dict], done_before: int, seconds: float, videos: int) -> None:
+    ok = [r for r in rows if r["status"] == "ok"]
+    failed = [r for r in rows if r["status"] != "ok"]
+    new = len(ok) - done_before
+    rate = f"{new / seconds:.2f} clips/s" if new else "nothing left to do"
+    print(f"{out}: {len(ok)} clips of {len({r['video'] for r in ok})}/{videos} videos, {len(failed)} failed "
+          f"(listed in manifest.csv); this run {new} clips in {seconds:.1f} s ({rate})")
 
 
 DEMO_FPS = 16
@@ -125,7 +306,7 @@ def write_demo_video(path: Path, num_frames: int, height: int = 96, width: int =
     VideoEncoder(frames, frame_rate=DEMO_FPS).to_file(str(path))
 
 
-def demo(config: ExtractConfig) -> dict[str, Tensor]:
+def demo(config: ExtractConfig) -> list[dict]:
     """Everything generated locally: a moving-shapes MP4 beside config.out and a random 'tiny' model."""
     video = Path(config.out).parent / "demo_video.mp4"
     step = config.frame_step or (DEMO_FPS // config.fps if config.fps else 1)
@@ -136,10 +317,10 @@ def demo(config: ExtractConfig) -> dict[str, Tensor]:
         tiny = VJEPA2Config.from_name("tiny")
         model = VJEPA2Model(dataclasses.replace(tiny, rope_grid=config.rope_grid or tiny.rope_grid))
     run = dataclasses.replace(config, videos=[str(video)], model="random tiny (demo)", demo=False)
-    features = extract(run, model)
-    for key, value in features.items():
+    rows = extract(run, model)
+    for key, value in load_features(config.out).items():
         print(f"{key}: features {list(value.shape)} -> {config.out}")
-    return features
+    return rows
 
 
 PROG = "python -m vjepa_fast.extract"

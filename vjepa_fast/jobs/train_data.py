@@ -8,7 +8,6 @@ takes positions [s*W*B + r*B, s*W*B + (r+1)*B) at step s (B clips per rank and s
 """
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vjepa_fast.masks import MaskConfig, mix_seed, sample_masks
 from vjepa_fast.worlds.physics import PhysicsClips, PhysicsConfig
-from vjepa_fast.video import VIDEO_EXTENSIONS, normalize
+from vjepa_fast.video import normalize
 
 log = logging.getLogger(__name__)
 
@@ -39,27 +38,6 @@ class PhysicsTrainClips(Dataset):
     def __getitem__(self, k: int) -> tuple[Tensor, int, int]:
         video, _ = self.clips[k]
         return normalize(video.permute(0, 3, 1, 2)), k, 0
-
-
-def list_videos(source: str) -> list[Path]:
-    """A folder (searched recursively for video suffixes) or a CSV/text file whose first column
-    (comma- or space-separated, as in Meta's lists) is a video path; relative paths are taken from
-    the list's folder."""
-    path = Path(source)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
-    elif path.is_file():
-        files = []
-        with open(path, newline="") as f:
-            for row in csv.reader(f):
-                if row and row[0].strip():
-                    name = Path(row[0].strip().split(" ")[0])
-                    files.append(name if name.is_absolute() else path.parent / name)
-    else:
-        raise FileNotFoundError(f"--data: {source} is neither 'physics', a folder of videos nor a CSV file")
-    if not files:
-        raise ValueError(f"--data: no videos found in {source} (looked for {', '.join(VIDEO_EXTENSIONS)})")
-    return files
 
 
 @dataclass

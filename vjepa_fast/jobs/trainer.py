@@ -12,7 +12,6 @@ One step, as in Meta's app/vjepa/train.py:
 from __future__ import annotations
 
 import copy
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -28,9 +27,10 @@ from torch import Tensor, nn
 from vjepa_fast.checkpoints import meta_to_ours, ours_to_meta, strip_meta_prefix
 from vjepa_fast.jobs import cli
 from vjepa_fast.jobs.loop import Run, param_groups
-from vjepa_fast.jobs.train_data import Collate, PhysicsTrainClips, StreamBatches, VideoClips, Augment, list_videos, make_loader
-from vjepa_fast.model import Encoder, Predictor, VJEPA2Model, gather_tokens
+from vjepa_fast.jobs.train_data import Collate, PhysicsTrainClips, StreamBatches, VideoClips, Augment, make_loader
 from vjepa_fast.jobs.train_config import RESUME_CHANGEABLE, TrainConfig
+from vjepa_fast.model import Encoder, Predictor, VJEPA2Model, gather_tokens
+from vjepa_fast.video import list_videos
 
 
 class JEPA(nn.Module):
@@ -74,19 +74,6 @@ def ema_update(target: list[Tensor], online: list[Tensor], momentum: float) -> N
     torch._foreach_add_(target, online, alpha=1 - momentum)
 
 
-def setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    """Under torchrun (WORLD_SIZE set): NCCL on GPUs, gloo on CPU. Returns (rank, world, device)."""
-    use_cuda = cli.resolve_device(device).type == "cuda"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)  # before NCCL starts, so each rank talks from its own GPU
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return rank, world, device
-
-
 def rng_state() -> dict:
     """Every generator's state, as tensors and tuples so torch.load(weights_only=True) reads it."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -108,7 +95,7 @@ class Trainer:
         c = self.config = config
         if c.threads:
             torch.set_num_threads(c.threads)
-        self.rank, self.world, self.device = setup_distributed(c.device)
+        self.rank, self.world, self.device = cli.setup_distributed(c.device)
         self.out = Path(c.out)
         self.model_config = c.model_config()
         torch.manual_seed(c.seed)  # the same initial weights on every rank
@@ -163,7 +150,7 @@ class Trainer:
             dataset = PhysicsTrainClips(c.frames, c.crop_size, c.max_balls, c.seed)
         else:
             augment = Augment(c.crop_size, (c.min_scale, c.max_scale), (c.min_aspect, c.max_aspect))
-            dataset = VideoClips(list_videos(c.data), c.frames, c.fps, augment, c.seed)
+            dataset = VideoClips(list_videos(c.data, "--data"), c.frames, c.fps, augment, c.seed)
         mc = self.model_config
         # The encoder repeats a clip shorter than a tubelet and drops a trailing partial one.
         grid = (max(c.frames // mc.tubelet_size, 1), c.crop_size // mc.patch_size, c.crop_size // mc.patch_size)
