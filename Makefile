@@ -25,6 +25,9 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*)
 train: setup
 	$(PY) -m vjepa_fast.train
 
+extract-demo: setup
+	$(PY) -m vjepa_fast.extract --demo
+
 test: setup
 	$(PY) -m pytest tests -q
 

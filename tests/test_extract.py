@@ -265,8 +265,9 @@ def test_kill_9_mid_shard_loses_only_that_shard_and_resume_completes(tmp_path, t
 def test_resume_refuses_other_settings_and_skips_what_is_done(tmp_path, tiny_checkpoint, folder, capsys):
     directory, _ = tiny_checkpoint
     out = tmp_path / "f"
-    extract(config(directory, out, [folder]))
+    extract(config(directory, out, [folder], shard_clips=4))
     shards = sorted(out.glob("shard-*"))
+    assert len(shards) == 2  # 4 clips, then 2
     extract(config(directory, out, [folder], batch_size=3))  # a setting the features do not depend on
     assert sorted(out.glob("shard-*")) == shards and "nothing left to do" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"holds features made with other settings \(--pool 'none' there, "
@@ -323,7 +324,9 @@ def test_iter_features_in_memory(tmp_path, tiny_checkpoint, folder):
     (dict(videos=["a.mp4"], model="m", max_windows=3), "--max-windows needs --window-stride"),
     (dict(videos=["a.mp4"], model="m", window_stride=4, uniform=True), "--window-stride and --uniform"),
     (dict(videos=["a.mp4"], model="m", batch_size=0), "--batch-size must be an int >= 1"),
+    (dict(videos=["a.mp4"], model="m", workers=-1), "--workers must be an int >= 0"),
     (dict(videos=["a.mp4"], model="m", shard_size_mb=-1), "--shard-size-mb must be a finite number"),
+    (dict(videos=["a.mp4"], model="m", shard_clips=0), "--shard-clips must be an int >= 1"),
     (dict(videos=["a.mp4"], model="m", decode_device="gpu"), "--decode-device must be one of"),
     (dict(videos=["a.mp4"], model="m", rope_grid="grid"), "--rope-grid must be one of"),
     (dict(videos=["a.mp4"], model="m", num_frames=0), "num_frames must be an int >= 1"),
@@ -358,7 +361,8 @@ def test_help(capsys):
     printed = capsys.readouterr().out
     for flag in ("--model", "--out", "--num-frames", "--frame-step", "--fps", "--uniform", "--start-frame",
                  "--window-stride", "--max-windows", "--pool", "--layers", "--batch-size", "--workers",
-                 "--shard-size-mb", "--device", "--dtype", "--feature-dtype", "--decode-device", "--rope-grid",
+                 "--shard-size-mb", "--shard-clips", "--device", "--dtype", "--feature-dtype", "--decode-device",
+                 "--rope-grid",
                  "--progress", "--demo", "torchrun"):
         assert flag in printed
 

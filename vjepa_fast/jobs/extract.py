@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,9 +67,12 @@ class ExtractConfig:
     layers: str = field(default="last", metadata={"help": "last (the encoder's output), or encoder block "
                                                           "numbers such as 6,12,18,24"})
     batch_size: int = field(default=8, metadata={"help": "clips per forward pass"})
-    workers: int = field(default=2, metadata={"help": "decoding processes (0: decode in the main process)"})
+    workers: int | None = field(default=None, metadata={"help": "decoding processes (0: decode in the main process); "
+                                                                "unset: half the CPU cores, at least 2"})
     shard_size_mb: float = field(default=256, metadata={"help": "a shard is written once its features pass this "
-                                                                "(0: one shard per clip)"})
+                                                                "(0: one shard per clip) ..."})
+    shard_clips: int = field(default=1000, metadata={"help": "... or once it holds this many clips (what a kill "
+                                                             "can lose: the shard being filled)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu or cuda"})
     dtype: str = field(default="auto", metadata={"help": "compute precision: auto (bfloat16 autocast on CUDA, "
                                                          f"float32 on CPU) or one of {sorted(DTYPES)}"})
@@ -83,13 +87,14 @@ class ExtractConfig:
                                                         "print the shape (no downloads)"})
 
     def __post_init__(self):
-        cli.check_fields(self, at_least_1=("batch_size",), at_least_0=("workers",), numbers=("shard_size_mb",),
+        cli.check_fields(self, at_least_1=("batch_size", "shard_clips"),
+                         numbers=("shard_size_mb",),
                          choices={"dtype": ("auto", *DTYPES), "feature_dtype": DTYPES, "pool": ("none", "mean"),
                                   "decode_device": ("auto", "cpu", "cuda"), "rope_grid": (*ROPE_GRIDS, None)},
                          folders=("out",))
-        for name in ("window_stride", "max_windows"):
+        for name, low in (("window_stride", 1), ("max_windows", 1), ("workers", 0)):
             if getattr(self, name) is not None:
-                cli.check_fields(self, at_least_1=(name,))
+                cli.check_fields(self, **{"at_least_1" if low else "at_least_0": (name,)})
         if self.max_windows is not None and self.window_stride is None:
             raise ValueError("--max-windows needs --window-stride (without it each video gives one clip)")
         if self.window_stride is not None and self.uniform:
@@ -170,7 +175,9 @@ def clips_with_features(config: ExtractConfig, model: VJEPA2Model, device: torch
     """(row, features) for every clip of `videos` not in done, (row, None) for a failed video."""
     where = decode_device(config, device, videos)
     windows = Windows(config.sampling(), config.window_stride, config.max_windows, model.config.crop_size)
-    workers = 0 if where != "cpu" else min(config.workers, len(videos))
+    workers = max(2, (os.cpu_count() or 1) // 2) if config.workers is None else config.workers
+    workers = 0 if where != "cpu" else min(workers, len(videos))
+    import torchcodec.decoders  # noqa: F401  loaded once here: forked workers inherit FFmpeg's libraries
     loader = DataLoader(ClipStream(videos, windows, done, finished, where), batch_size=None, num_workers=workers,
                         pin_memory=device.type == "cuda", worker_init_fn=_one_thread,
                         prefetch_factor=max(2, 2 * config.batch_size // workers) if workers else None)
@@ -217,7 +224,7 @@ def extract(config: ExtractConfig, model: VJEPA2Model | None = None) -> list[dic
         done, finished = progress(merged_rows(out))
         mine = [v for v in videos[rank::world] if v.key not in finished]
         start, clips = time.perf_counter(), 0
-        writer = ShardWriter(out, rank, int(config.shard_size_mb * 2**20))
+        writer = ShardWriter(out, rank, int(config.shard_size_mb * 2**20), config.shard_clips)
         bar = tqdm(total=len(mine), desc="extract", unit="video", disable=not config.progress or rank != 0)
         for row, features in clips_with_features(config, model, device, mine, done, finished):
             writer.add(row, features)
@@ -250,7 +257,8 @@ def _claim(out: Path, settings: dict) -> None:
     path = out / "extract_config.json"
     if path.exists():
         before = json.loads(path.read_text())
-        changed = [f"{cli.flag(k)} {before.get(k)!r} there, {v!r} now" for k, v in settings.items() if before.get(k) != v]
+        changed = [f"{cli.flag(k)} {before.get(k)!r} there, {v!r} now"
+                   for k, v in settings.items() if before.get(k) != v]
         if changed:
             raise ValueError(f"--out {out} holds features made with other settings ({'; '.join(changed)}); "
                              "give another --out, or the same settings to resume")

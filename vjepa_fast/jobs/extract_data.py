@@ -157,11 +157,12 @@ def progress(rows: list[dict]) -> tuple[set[str], set[str]]:
 
 
 class ShardWriter:
-    """Collects (row, features) and writes a shard whenever its tensors pass limit_bytes, so the
-    memory held is bounded whatever the number of videos."""
+    """Collects (row, features) and writes a shard whenever its tensors pass limit_bytes or it
+    holds limit_clips clips: the memory held is bounded whatever the number of videos, and so is
+    the work a kill can lose."""
 
-    def __init__(self, out: Path, rank: int, limit_bytes: int):
-        self.out, self.rank, self.limit = out, rank, limit_bytes
+    def __init__(self, out: Path, rank: int, limit_bytes: int, limit_clips: int):
+        self.out, self.rank, self.limit, self.limit_clips = out, rank, limit_bytes, limit_clips
         numbers = [int(p.stem.rsplit("-", 1)[1]) for p in out.glob(f"shard-r{rank:03d}-*.safetensors")]
         self.number = max(numbers, default=-1) + 1
         self.tensors: dict[str, Tensor] = {}
@@ -179,7 +180,7 @@ class ShardWriter:
             self.bytes += features.numel() * features.element_size()
             row.update(shape="x".join(map(str, features.shape)), shard=self.name)
         self.rows.append(row)
-        if self.bytes >= self.limit:
+        if self.bytes >= self.limit or len(self.tensors) >= self.limit_clips:
             self.flush()
 
     def flush(self) -> None:

@@ -1,0 +1,140 @@
+"""Feature extraction throughput: vjepa_fast.extract (decoding workers, batches of uint8 crops into
+the encoder, features streamed to shards) against the loop a user writes with transformers today
+(torchcodec decodes, AutoVideoProcessor, VJEPA2Model.get_vision_features, one video at a time,
+features kept in a dict), same weights, same files, same precision, timed in alternating rounds
+of one test; and the peak RSS of `python -m vjepa_fast.extract` on 10 and on 100 videos.
+
+CPU (fp32): the `tiny` (width 192, 4 blocks, 64 px crop) and `small` (width 384, 12 blocks, 128 px)
+layouts, 32 generated MP4s of 16 frames at 320x240 (noisy, so they decode at about 1 ms a frame,
+as real 240p video does). CUDA (bf16 autocast on both sides): the full ViT-L (24 blocks, 256 px),
+32 MP4s of 64 frames at 640x480.
+Run: pytest benchmarks/test_bench_extract.py --benchmark-only
+"""
+import json
+import subprocess
+import sys
+from itertools import count
+from pathlib import Path
+
+import pytest
+import torch
+
+from model_bench import alternate, autocast, device, sync
+
+DEV = device()
+LAYOUTS = {"vitl": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, crop_size=256)} \
+    if DEV == "cuda" else {"tiny": dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, crop_size=64),
+                           "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, crop_size=128)}
+FRAMES, HEIGHT, WIDTH = (64, 480, 640) if DEV == "cuda" else (16, 240, 320)
+DTYPE = torch.bfloat16 if DEV == "cuda" else None
+VIDEOS = 32
+
+
+def write_videos(folder: Path, n: int) -> Path:
+    """n MP4s of FRAMES frames: a coarse random pattern sliding sideways, with per-frame noise."""
+    from torchcodec.encoders import VideoEncoder
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        base = torch.randint(0, 256, (1, 3, HEIGHT // 8, WIDTH // 8), generator=g).float()
+        clip = torch.cat([torch.roll(base, t, dims=-1) for t in range(FRAMES)])
+        clip = torch.nn.functional.interpolate(clip, size=(HEIGHT, WIDTH), mode="bilinear")
+        clip = (clip + 12 * torch.randn(clip.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+        VideoEncoder(clip, frame_rate=16).to_file(str(folder / f"video_{i:03d}.mp4"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    return write_videos(tmp_path_factory.mktemp("videos"), VIDEOS)
+
+
+@pytest.fixture(scope="module", params=sorted(LAYOUTS))
+def setup(request, tmp_path_factory, videos):
+    transformers = pytest.importorskip("transformers")
+    from vjepa_fast import VideoProcessor, ProcessorConfig, VJEPA2Model
+    layout = LAYOUTS[request.param]
+    root = tmp_path_factory.mktemp(request.param)
+    cfg = transformers.VJEPA2Config(**layout, frames_per_clip=FRAMES, pred_num_hidden_layers=1)
+    cfg._attn_implementation = "sdpa"
+    ref = transformers.VJEPA2Model(cfg).eval()
+    ref.save_pretrained(root / "ckpt")
+    VideoProcessor(ProcessorConfig(crop_size=layout["crop_size"])).save_pretrained(root / "ckpt")
+    processor = transformers.AutoVideoProcessor.from_pretrained(root / "ckpt")
+    ours = VJEPA2Model.from_pretrained(str(root / "ckpt"))
+    return request.param, root, ref.to(DEV), processor, ours, videos
+
+
+def transformers_loop(model, processor, videos: Path) -> dict:
+    from torchcodec.decoders import VideoDecoder
+    features = {}
+    for path in sorted(videos.glob("*.mp4")):
+        clip = VideoDecoder(str(path), seek_mode="exact").get_frames_at(list(range(FRAMES))).data  # (T, 3, H, W)
+        inputs = processor(clip, return_tensors="pt").to(DEV)
+        with torch.no_grad(), autocast(DEV, DTYPE):
+            features[path.stem] = model.get_vision_features(**inputs).cpu()
+    sync(DEV)
+    return features
+
+
+def test_extract_throughput(benchmark, setup):
+    from vjepa_fast.extract import ExtractConfig, extract
+    name, root, ref, processor, ours, videos = setup
+    runs, layout = count(), LAYOUTS[name]
+
+    def reference():
+        assert len(transformers_loop(ref, processor, videos)) == VIDEOS
+
+    def candidate():  # a fresh folder each time: the same folder would resume, with nothing left to do
+        config = ExtractConfig(videos=[str(videos)], model=str(root / "ckpt"), out=str(root / f"out{next(runs)}"),
+                               num_frames=FRAMES, device=DEV, dtype="bfloat16" if DTYPE else "float32",
+                               progress=False)
+        assert sum(r["status"] == "ok" for r in extract(config, ours)) == VIDEOS
+
+    benchmark.group = f"extract-{name}-{DEV}"
+    result = alternate(benchmark, f"extract {VIDEOS} videos {WIDTH}x{HEIGHT}, {FRAMES} f, {name} layout "
+                       f"({layout['crop_size']} px), {'bf16' if DTYPE else 'fp32'}, videos/s",
+                       "transformers loop", reference, candidate, memory=False)
+    benchmark.extra_info["videos_per_s"] = VIDEOS / (result["vjepa_fast_ms"] / 1e3)
+    benchmark.extra_info["reference_videos_per_s"] = VIDEOS / (result["reference_ms"] / 1e3)
+
+
+# `python -m vjepa_fast.extract` in a process of its own; prints the peak RSS of it and of its workers.
+PEAK_RSS = """
+import json, resource, runpy, sys
+sys.argv = ["vjepa_fast.extract", *json.loads(sys.argv[1])]
+runpy.run_module("vjepa_fast.extract", run_name="__main__")
+print(json.dumps({"main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
+
+
+def test_extract_peak_rss_is_flat_in_the_number_of_videos(benchmark, setup):
+    name, root, *_ = setup
+    if name == "tiny":
+        pytest.skip("peak RSS is measured with the small layout")
+    many = write_videos(root / "many", 100)
+    few = root / "few"
+    few.mkdir()
+    for path in sorted(many.glob("*.mp4"))[:10]:
+        (few / path.name).symlink_to(path)
+    peaks = {}
+
+    def run(folder: Path) -> dict:
+        argv = [str(folder), "--model", str(root / "ckpt"), "--out", str(root / f"rss-{folder.name}"),
+                "--num-frames", str(FRAMES), "--device", DEV, "--shard-size-mb", "16", "--no-progress"]
+        done = subprocess.run([sys.executable, "-c", PEAK_RSS, json.dumps(argv)], check=True, capture_output=True,
+                              text=True, cwd=root)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def measure():
+        peaks["10"], peaks["100"] = run(few), run(many)
+
+    benchmark.group = f"extract-rss-{name}-{DEV}"
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    growth = peaks["100"]["main"] / peaks["10"]["main"]
+    benchmark.extra_info.update(rss_mib_10_videos=peaks["10"], rss_mib_100_videos=peaks["100"], rss_growth=growth)
+    print(f"\npeak RSS of python -m vjepa_fast.extract (main / largest worker, MiB): 10 videos "
+          f"{peaks['10']['main']:.0f} / {peaks['10']['worker']:.0f}, 100 videos {peaks['100']['main']:.0f} / "
+          f"{peaks['100']['worker']:.0f} (x{growth:.3f}), {name} layout, --shard-size-mb 16")
+    assert growth < 1.10
