@@ -1,7 +1,8 @@
 """RoPE attention: PyTorch reference (separate RoPE + SDPA), the same compiled with torch.compile,
 and the fused Triton kernel, forward and backward, on the same inputs in one run.
 
-CUDA (bf16): ViT-L/g attention at 16 frames x 256 px (2048 tokens, head dim 64), ViT-H (head dim
+CUDA (bf16): ViT-L/g attention at 16 frames x 256 px (2048 tokens, head dim 64) and at 64 frames
+(8192 tokens: the shape of the kernel's >= 400 TFLOP/s forward goal), ViT-H (head dim
 80), and the AC predictor's block-causal attention over 8 steps of 258 tokens. CPU (fp32, quick):
 the reference providers at small shapes. TFLOP/s counts the useful work only (visible query/key
 pairs; backward = 2.5x forward, its five matrix products against two).
@@ -28,7 +29,8 @@ class Shape:
     causal_block: int = 0
 
 
-CUDA_SHAPES = [Shape("vitl-2048tok", 2, 16, 2048, 64), Shape("vith-2048tok", 2, 16, 2048, 80),
+CUDA_SHAPES = [Shape("vitl-2048tok", 2, 16, 2048, 64), Shape("vitl-8192tok", 1, 16, 8192, 64),
+               Shape("vith-2048tok", 2, 16, 2048, 80),
                Shape("ac-8x258tok", 2, 16, 258 * 8, 64, 258)]
 CPU_SHAPES = [Shape("small-256tok", 1, 2, 256, 64), Shape("ac-2x258tok", 1, 2, 258 * 2, 64, 258)]
 SHAPES = CUDA_SHAPES if torch.cuda.is_available() else CPU_SHAPES

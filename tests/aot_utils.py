@@ -38,6 +38,7 @@ class AotRequest:
     arch: int = 90                  # 90 = H100/H200, 80 = A100
     num_warps: int = 4
     num_stages: int = 3
+    divisible: tuple[str, ...] = ()  # arguments Triton's runtime would find divisible by 16
     label: str = ""                 # free text to name the configuration in assertion messages
 
 
@@ -50,6 +51,7 @@ class AotResult:
     shared: int                     # bytes of (dynamic) shared memory Triton allocates
     wgmma: bool                     # the PTX contains wgmma instructions
     ptx: str = field(repr=False)
+    sass: str = field(repr=False)   # `nvdisasm -c` of the cubin
 
     @property
     def spills(self) -> bool:
@@ -68,9 +70,64 @@ def parse_resource_usage(text: str) -> dict[str, int]:
     return {"registers": reg, "stack": stack, "static_shared": shared, "local": local}
 
 
-def cuobjdump_path() -> str:
+def tool_path(name: str) -> str:
+    """cuobjdump or nvdisasm, as Triton ships them."""
     import triton
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+@dataclass(frozen=True)
+class LoopProfile:
+    """Per warp, one trip of a kernel's steady inner loop, read from its SASS."""
+    instructions: int
+    mufu: int                       # MUFU.* (ex2, sin, cos, ...): 16 per clock per SM on Hopper
+    hgmma: int                      # HGMMA.* (warpgroup matrix multiply-accumulate)
+    hgmma_flop: int                 # 2*m*n*k summed over those (one warpgroup's share each)
+    scalar_loads: int               # LDG.*: global loads outside the async-copy pipeline
+
+    def cta_flop(self, warps: int) -> int:
+        """The CTA's matrix-product FLOP per trip: each warp of a warpgroup issues its HGMMAs."""
+        return self.hgmma_flop * warps // 4
+
+    def ceiling(self, warps: int) -> float:
+        """The share of the tensor cores' peak the loop can reach: tensor clocks (4096 dense
+        16-bit FLOP per clock per SM) over the largest of tensor, issue (4 warp-instructions per
+        clock) and MUFU clocks (16 lanes per clock)."""
+        tensor = self.cta_flop(warps) / 4096
+        issue = warps * self.instructions / 4
+        mufu = warps * 32 * self.mufu / 16
+        return tensor / max(tensor, issue, mufu)
+
+
+_LABEL = re.compile(r"^(\.L_x_\d+):")
+_INSTRUCTION = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(.*?)\s*;")
+_BRANCH = re.compile(r"\bBRA\s+`?\(?(\.L_x_\d+)")
+
+
+def steady_loop(sass: str) -> LoopProfile:
+    """The shortest loop (a backward branch to an earlier label) that contains HGMMA: the body
+    the kernel runs for the tiles that need no mask (the masked boundary loops are longer)."""
+    labels, body = {}, []
+    for line in sass.splitlines():
+        if match := _LABEL.match(line):
+            labels[match.group(1)] = len(body)
+        elif match := _INSTRUCTION.match(line):
+            body.append(match.group(1))
+    loops = []
+    for end, text in enumerate(body):
+        branch = _BRANCH.search(text)
+        if branch and labels.get(branch.group(1), end + 1) <= end:
+            trip = body[labels[branch.group(1)]:end + 1]
+            if any("HGMMA." in t for t in trip):
+                loops.append(trip)
+    if not loops:
+        raise ValueError("aot_utils: no loop with HGMMA in this SASS")
+    trip = min(loops, key=len)
+    count = lambda pattern: sum(bool(re.search(pattern, t)) for t in trip)
+    shapes = [re.search(r"\bHGMMA\.(\d+)x(\d+)x(\d+)", t) for t in trip]
+    flop = sum(2 * int(m.group(1)) * int(m.group(2)) * int(m.group(3)) for m in shapes if m)
+    return LoopProfile(instructions=len(trip), mufu=count(r"\bMUFU\."), hgmma=count(r"\bHGMMA\."),
+                       hgmma_flop=flop, scalar_loads=count(r"\bLDG\."))
 
 
 def _compile_one(req: AotRequest, workdir: str) -> dict:
@@ -82,19 +139,21 @@ def _compile_one(req: AotRequest, workdir: str) -> dict:
     from triton.compiler import ASTSource
 
     fn = getattr(importlib.import_module(req.module), req.kernel)
-    src = ASTSource(fn=fn, signature=req.signature, constexprs=req.constexprs)
+    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in req.divisible}
+    src = ASTSource(fn=fn, signature=req.signature, constexprs=req.constexprs, attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", req.arch, 32),
                               options={"num_warps": req.num_warps, "num_stages": req.num_stages})
     cubin = os.path.join(workdir, f"{req.kernel}.cubin")
     with open(cubin, "wb") as f:
         f.write(compiled.asm["cubin"])
-    dump = subprocess.run([cuobjdump_path(), "--dump-resource-usage", cubin],
+    dump = subprocess.run([tool_path("cuobjdump"), "--dump-resource-usage", cubin],
                           capture_output=True, text=True, check=True).stdout
+    sass = subprocess.run([tool_path("nvdisasm"), "-c", cubin], capture_output=True, text=True, check=True).stdout
     usage = parse_resource_usage(dump)
     ptx = compiled.asm["ptx"]
     return {"registers": usage["registers"], "stack": usage["stack"], "local": usage["local"],
             "shared": max(int(compiled.metadata.shared), usage["static_shared"]),
-            "wgmma": "wgmma" in ptx, "ptx": ptx}
+            "wgmma": "wgmma" in ptx, "ptx": ptx, "sass": sass}
 
 
 def compile_kernels(requests: list[AotRequest], timeout: float = 600.0) -> list[AotResult]:

@@ -143,7 +143,7 @@ def test_cuda_matches_reference(preds_dtype):
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA toolkit (nvcc)")
 def test_cuda_source_compiles_for_sm90_without_spills(tmp_path):
     from torch.utils.cpp_extension import include_paths
-    from aot_utils import cuobjdump_path, parse_resource_usage
+    from aot_utils import parse_resource_usage, tool_path
 
     # CPU wheels of torch lack this generated header (CUDA wheels ship it); it only sets an export macro.
     shim = tmp_path / "c10" / "cuda" / "impl"
@@ -154,7 +154,7 @@ def test_cuda_source_compiles_for_sm90_without_spills(tmp_path):
     includes = [f"-I{p}" for p in [str(tmp_path), *include_paths()]]
     subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-O3", "-w", "-cubin", source, "-o", str(cubin),
                     *includes], check=True, capture_output=True, timeout=600)
-    dump = subprocess.run([cuobjdump_path(), "--dump-resource-usage", str(cubin)], capture_output=True,
+    dump = subprocess.run([tool_path("cuobjdump"), "--dump-resource-usage", str(cubin)], capture_output=True,
                           text=True, check=True).stdout
     kernels = [block for block in dump.split("Function ")[1:]]
     assert len(kernels) == 8, dump  # energies + elite kernels for fp32, fp64, fp16, bf16

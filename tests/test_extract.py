@@ -217,7 +217,9 @@ def test_manifest_reads_with_pyarrow(tmp_path, tiny_checkpoint, folder):
 KILLED_MID_SHARD = """
 import json, sys, time
 import safetensors.torch
+import torch
 from vjepa_fast.extract import ExtractConfig, extract
+torch.set_num_threads(int(sys.argv[2]))  # the test process's: the same kernels, the same bits
 real_save, saves = safetensors.torch.save_file, []
 def save_and_hang(tensors, path, metadata=None):
     saves.append(path)
@@ -239,7 +241,8 @@ def test_kill_9_mid_shard_loses_only_that_shard_and_resume_completes(tmp_path, t
     whole = config(directory, tmp_path / "whole", [folder], batch_size=1, workers=0, shard_size_mb=0)
     extract(whole)
     killed = dataclasses.replace(whole, out=str(tmp_path / "killed"))
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_MID_SHARD, json.dumps(dataclasses.asdict(killed))],
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_MID_SHARD, json.dumps(dataclasses.asdict(killed)),
+                             str(torch.get_num_threads())],
                             stdout=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         assert proc.stdout.readline().strip() == "mid-write"

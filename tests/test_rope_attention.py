@@ -13,7 +13,7 @@ import torch
 
 from vjepa_fast.kernels import rope_attention as kernels
 from vjepa_fast.ops import dispatch
-from vjepa_fast.ops.rope import Rope, make_rope, rope_angles
+from vjepa_fast.ops.rope import Rope, apply_rope_ref, make_rope, rope_angles
 from vjepa_fast.ops.rope_attention import rope_attention, rope_attention_ref, use_fused
 
 @dataclass(frozen=True)
@@ -112,37 +112,33 @@ def test_kernel_takes_strided_inputs():
     torch.testing.assert_close(out, rope_attention_ref(q, k, v, rope), atol=1e-5, rtol=1e-5)
 
 
-def test_batch_chunks_keep_offsets_in_32_bits():
-    """The ViT-L case that overflowed 32-bit offsets: q viewed out of a fused (B, 8192, 3 * 1024)
-    qkv passes 2^31 elements from B = 86, so a batch of 100 launches as 85 + 15 (meta tensors:
+def test_offsets_batch_in_64_bits_slice_in_32():
+    """The ViT-L case that overflowed 32-bit offsets (q viewed out of a fused (B, 8192, 3 * 1024)
+    qkv passes 2^31 elements from B = 86) launches whole: batch and head offsets are 64-bit. A
+    single (batch, head) slice past 2^31 elements is refused, naming the limit (meta tensors:
     shapes and strides only)."""
     B, N, H, hd = 100, 8192, 16, 64
     qkv = torch.empty(B, N, 3 * H * hd, device="meta").view(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
-    assert kernels.batch_chunks(B, q, k, v) == [(0, 85), (85, 100)]
-    last = lambda x, rows: (rows - 1) * x.stride(0) + sum((n - 1) * st for n, st in zip(x.shape[1:], x.stride()[1:]))
-    assert last(q, 85) <= kernels.MAX_OFFSET < last(q, 86)
-    assert kernels.batch_chunks(3, torch.empty(3, 2, 5, 8, device="meta")) == [(0, 3)]
+    assert q.stride(0) * (B - 1) > kernels.MAX_OFFSET
+    kernels.check_offsets(q, k, v)
+    huge = torch.empty(1, 1, 2**20, 64, device="meta").as_strided((1, 1, 2**20, 64), (0, 0, 2**12, 1))
+    with pytest.raises(ValueError, match="32-bit offsets"):
+        kernels.check_offsets(huge)
 
 
-@pytest.mark.parametrize("case", [Case(3, 2, 37, 37, 32, "tile", False), Case(3, 1, 40, 70, 64, "interleave", True, 9)],
-                         ids=str)
-def test_chunked_launches_equal_one_launch(case, monkeypatch):
-    """With the offset limit lowered so each batch row launches alone, forward and backward give
-    the same numbers as one launch over the batch."""
+def test_rotate_kernel_matches_reference():
+    """The pre-pass that rotates q and k once per tensor: partners from registers, padding
+    columns (hd 80 in a 128-wide tile), strided input, fractional positions."""
     if not kernels.interpreting():
         pytest.skip("the interpreter test runs with TRITON_INTERPRET=1 (tests/conftest.py)")
-    q, k, v, q_pos, k_pos = _inputs(case, torch.float32)
-    do = torch.randn_like(q)
-    args = (q_pos, k_pos, case.mode == "tile", case.causal_block)
-    out, lse = kernels.rope_attention_fwd(q, k, v, *args)
-    grads = kernels.rope_attention_bwd(do, q, k, v, out, lse, *args)
-    monkeypatch.setattr(kernels, "MAX_OFFSET", max(x[0].numel() for x in (q, k, v)) - 1)
-    assert len(kernels.batch_chunks(case.batch, q, k, v)) == case.batch
-    out_c, lse_c = kernels.rope_attention_fwd(q, k, v, *args)
-    grads_c = kernels.rope_attention_bwd(do, q, k, v, out_c, lse_c, *args)
-    assert torch.equal(out_c, out) and torch.equal(lse_c, lse)
-    assert all(torch.equal(a, b) for a, b in zip(grads_c, grads))
+    for hd, mode in ((80, "tile"), (64, "interleave"), (32, "tile")):
+        x = torch.randn(2, 37, 3, hd).permute(0, 2, 1, 3)  # (B, H, N, hd), not contiguous
+        pos = torch.rand(2, 37, 3) * 9
+        got = kernels.rotate(x, pos, mode == "tile")
+        rope = make_rope(pos, hd, mode)
+        torch.testing.assert_close(got, apply_rope_ref(x, rope.cos, rope.sin), atol=1e-5, rtol=1e-5)
+        assert got.is_contiguous()
 
 
 OP_CASES = [Case(2, 2, 13, 13, 32, "tile", False), Case(1, 2, 10, 17, 64, "interleave", True, 6)]

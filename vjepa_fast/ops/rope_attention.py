@@ -1,7 +1,7 @@
 """Attention with 3D RoPE on q and k: the op every transformer block calls.
 
-`rope_attention` sends CUDA tensors to the fused Triton kernel (vjepa_fast/kernels/rope_attention.py:
-q and k rotated in registers, flash attention, optional block-causal mask) and everything else to
+`rope_attention` sends CUDA tensors to the fused Triton kernels (vjepa_fast/kernels/rope_attention.py:
+q and k rotated once by a pre-pass, flash attention, optional block-causal mask) and everything else to
 `rope_attention_ref`; vjepa_fast.ops.dispatch decides (VJEPA_FAST_REFERENCE=1 forces the reference).
 
 The kernel is registered (by `register`, once Triton imports) as two custom ops,
