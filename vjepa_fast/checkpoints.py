@@ -28,6 +28,15 @@ _HF_TOP = {
     "predictor.mask_tokens": "predictor.embeddings.mask_tokens",
     "predictor.norm": "predictor.layernorm",
     "predictor.proj": "predictor.proj",
+    # V-JEPA 2.1
+    "encoder.patch_embed_img": "encoder.embeddings.patch_embeddings_img.proj",
+    "encoder.img_mod_embed": "encoder.embeddings.img_mod_embed",
+    "encoder.video_mod_embed": "encoder.embeddings.video_mod_embed",
+    "predictor.embed.0": "predictor.embeddings.predictor_embeddings.0",
+    "predictor.embed.2": "predictor.embeddings.predictor_embeddings.2",
+    "predictor.img_mod_embed": "predictor.embeddings.img_mod_embed",
+    "predictor.video_mod_embed": "predictor.embeddings.video_mod_embed",
+    "predictor.proj_context": "predictor.proj_context",
 }
 _META_TOP = {
     "encoder.patch_embed": "patch_embed.proj",
@@ -35,6 +44,14 @@ _META_TOP = {
     "predictor.embed": "predictor_embed",
     "predictor.norm": "predictor_norm",
     "predictor.proj": "predictor_proj",
+    "encoder.patch_embed_img": "patch_embed_img.proj",
+    "encoder.img_mod_embed": "img_mod_embed",
+    "encoder.video_mod_embed": "video_mod_embed",
+    "predictor.embed.0": "predictor_embed.0",
+    "predictor.embed.2": "predictor_embed.2",
+    "predictor.img_mod_embed": "img_mod_embed",
+    "predictor.video_mod_embed": "video_mod_embed",
+    "predictor.proj_context": "predictor_proj_context",
 }
 
 
@@ -60,6 +77,8 @@ def hf_names(key: str) -> list[str]:
     end = f".{suffix}" if suffix else ""
     if head in _HF_TOP:
         return [_HF_TOP[head] + end]
+    if head.startswith("encoder.norms_block."):  # 2.1's hierarchical LayerNorms keep their names
+        return [head + end]
     part, _, i, name = head.split(".")  # e.g. encoder.blocks.3.qkv
     prefix = f"{part}.layer.{i}."
     if name == "qkv":
@@ -73,6 +92,8 @@ def meta_name(key: str) -> str:
     end = f".{suffix}" if suffix else ""
     if head in _META_TOP:
         return _META_TOP[head] + end
+    if head.startswith("encoder.norms_block."):
+        return head.removeprefix("encoder.") + end
     part, _, i, name = head.split(".")
     blocks = "blocks" if part == "encoder" else "predictor_blocks"
     return f"{blocks}.{i}.{_META_BLOCK[name]}{end}"
@@ -364,20 +385,41 @@ def drop_unused_positions(state: dict[str, Tensor], part: str, what) -> dict[str
     return {k: v for k, v in state.items() if k != name}
 
 
+_META_HEADS_21 = {768: 12, 1024: 16, 1408: 22, 1664: 26}  # the released 2.1 widths (head dim 64)
+_TAPS_21 = {12: [2, 5, 8, 11], 24: [5, 11, 17, 23], 40: [9, 19, 29, 39], 48: [11, 23, 37, 47]}
+
+
 def infer_meta_config(encoder: dict[str, Tensor], predictor: dict[str, Tensor]) -> VJEPA2Config:
-    """A config from the shapes of a Meta checkpoint (head counts from the released widths)."""
+    """A config from the shapes of a Meta checkpoint (head counts from the released widths; a
+    2.1 checkpoint is told by its hierarchical LayerNorms)."""
     D, _, t, p, _ = encoder["patch_embed.proj.weight"].shape
-    if D not in _META_HEADS:
-        raise CheckpointError(f"encoder width {D} is not a released one ({sorted(_META_HEADS)}): "
-                              "pass config= to say how many heads it has")
-    Dp = predictor["predictor_embed.weight"].shape[0]
+    v21 = "norms_block.0.weight" in encoder
+    heads = _META_HEADS_21 if v21 else _META_HEADS
+    if D not in heads:
+        raise CheckpointError(f"encoder width {D} is not a released {'2.1' if v21 else 'V-JEPA 2'} one "
+                              f"({sorted(heads)}): pass config= to say how many heads it has")
     count = lambda sd, prefix: len({k.split(".")[1] for k in sd if k.startswith(prefix + ".")})
-    return VJEPA2Config(
-        patch_size=p, tubelet_size=t, hidden_size=D, num_attention_heads=_META_HEADS[D],
+    embed = predictor.get("predictor_embed.weight", predictor.get("predictor_embed.2.weight"))
+    Dp = embed.shape[0]
+    fields = dict(
+        patch_size=p, tubelet_size=t, hidden_size=D, num_attention_heads=heads[D],
         num_hidden_layers=count(encoder, "blocks"), mlp_ratio=encoder["blocks.0.mlp.fc1.weight"].shape[0] / D,
         pred_hidden_size=Dp, pred_num_attention_heads=Dp // 32, pred_num_hidden_layers=count(predictor, "predictor_blocks"),
         pred_mlp_ratio=predictor["predictor_blocks.0.mlp.fc1.weight"].shape[0] / Dp,
         pred_num_mask_tokens=count(predictor, "mask_tokens"))
+    if v21:
+        depth = fields["num_hidden_layers"]
+        if depth not in _TAPS_21:
+            raise CheckpointError(f"a 2.1 encoder of {depth} blocks is not a released one ({sorted(_TAPS_21)}): "
+                                  "pass config= with its hierarchical_layers")
+        levels = 4 if "predictor_embed.0.weight" in predictor else 1
+        out = predictor["predictor_proj.weight"].shape[0]
+        fields.update(rope_mode="interleave", hierarchical_layers=_TAPS_21[depth], num_distillation_outputs=levels,
+                      teacher_embed_dim=None if out == levels * D else out, crop_size=384,
+                      use_modality_embeddings="img_mod_embed" in encoder,
+                      use_image_patch_embedder="patch_embed_img.proj.weight" in encoder, interpolate_rope=True,
+                      use_context_projection="predictor_proj_context.weight" in predictor)
+    return VJEPA2Config(**fields)
 
 
 def meta_to_ours(expected: dict[str, Tensor], encoder: dict[str, Tensor], predictor: dict[str, Tensor],
@@ -410,16 +452,31 @@ def read_meta_entries(path, keys: tuple[str, ...]) -> dict:
     return ckpt
 
 
-def load_meta_checkpoint(cls, path: str, config: VJEPA2Config | None, encoder_key: str):
-    if encoder_key not in ("encoder", "target_encoder"):
-        raise ValueError(f"encoder_key must be 'encoder' or 'target_encoder', got {encoder_key!r}")
-    ckpt = read_meta_entries(path, (encoder_key, "predictor"))
+ENCODER_KEYS = ("encoder", "ema_encoder", "target_encoder")
+
+
+def load_meta_checkpoint(cls, path: str, config: VJEPA2Config | None, encoder_key: str | None):
+    """encoder_key None: "encoder" (V-JEPA 2), else "ema_encoder" (2.1 ViT-B/L), else
+    "target_encoder" (2.1 ViT-g/G), the first the file holds."""
+    if encoder_key is not None and encoder_key not in ENCODER_KEYS:
+        raise ValueError(f"encoder_key must be one of {ENCODER_KEYS} (or None: the first present), got {encoder_key!r}")
+    ckpt = read_meta_entries(path, ("predictor",) if encoder_key is None else (encoder_key, "predictor"))
+    if encoder_key is None:
+        present = [k for k in ENCODER_KEYS if k in ckpt]
+        if not present:
+            raise CheckpointError(f"{path}: no encoder entry (one of {ENCODER_KEYS}; found {sorted(ckpt)})")
+        encoder_key = present[0]
     encoder = drop_unused_positions(strip_meta_prefix(ckpt[encoder_key]), "encoder", path)
     predictor = drop_unused_positions(strip_meta_prefix(ckpt["predictor"]), "predictor", path)
     if config is None:
         config = infer_meta_config(encoder, predictor)
+    v21 = "norms_block.0.weight" in encoder
+    if v21 != config.is_v21:
+        raise CheckpointError(f"{path} holds a {'V-JEPA 2.1' if v21 else 'V-JEPA 2'} model, the config is "
+                              f"{'V-JEPA 2.1' if config.is_v21 else 'V-JEPA 2'} (hierarchical_layers "
+                              f"{config.hierarchical_layers})")
     model = empty_model(cls, config)
-    load_state_strict(model, meta_to_ours(model.state_dict(), encoder, predictor, path), path)
+    load_state_strict(model, meta_to_ours(model.state_dict(), encoder, predictor, f"{path} [{encoder_key}]"), path)
     return model
 
 

@@ -7,6 +7,21 @@ library reads in the other. Two fields are ours:
   rope_grid  "config": decode token positions on the crop grid `crop_size // patch_size`, as
              transformers does whatever the input size; "input": on the real input grid, as
              Meta's encoder does.
+V-JEPA 2.1 models (`hierarchical_layers` set) carry the fields of transformers' 2.1 pull request:
+  use_modality_embeddings   learned image/video vectors added to every token after tokenisation
+                            (encoder) and after the tokens are assembled (predictor)
+  use_image_patch_embedder  a second, tubelet-1 patch embedding for single-frame inputs
+  interpolate_rope          spatial positions rescaled to the 16 x 16 grid of 256 px:
+                            h * 15 / (Hp - 1), w * 15 / (Wp - 1) on the input's grid (fractional)
+  hierarchical_layers       the four blocks whose outputs go through their own LayerNorm
+                            (norms_block); the last one is the inference output
+  num_distillation_outputs  how many of those levels the training output and the predictor use
+                            (4, or 1: the last)
+  teacher_embed_dim         the width the predictor's heads predict (a distillation teacher's,
+                            levels x teacher_embed_dim // levels); None: hidden_size per level
+  use_context_projection    the predictor also projects its context tokens (a second head)
+and one of ours, pred_interpolate_rope (the predictor's interpolation, on its configured grid:
+on in 2.1 pre-training, off in Meta's released predictors).
 `attn_implementation` is transformers' option and stays out of config.json as there: "sdpa" runs
 the fused RoPE-attention op only; "eager" also allows output_attentions, which then runs the
 explicit softmax to return the probabilities.
@@ -35,6 +50,8 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 # Not in config.json: ours only (rope_mode is there, as use_rope_interleave), or derived (num_labels).
 _NOT_SAVED = ("rope_mode", "rope_grid", "attn_implementation", "num_labels", "id2label", "problem_type")
+V21_FIELDS = ("use_modality_embeddings", "use_image_patch_embedder", "interpolate_rope", "pred_interpolate_rope",
+              "hierarchical_layers", "num_distillation_outputs", "teacher_embed_dim", "use_context_projection")
 
 
 @dataclass
@@ -59,6 +76,15 @@ class VJEPA2Config:
     pred_num_mask_tokens: int = 10
     pred_zero_init_mask_tokens: bool = True
     num_pooler_layers: int = 3
+    # V-JEPA 2.1 (see the module docstring); the defaults are V-JEPA 2.
+    use_modality_embeddings: bool = False
+    use_image_patch_embedder: bool = False
+    interpolate_rope: bool = False
+    pred_interpolate_rope: bool = False
+    hierarchical_layers: list[int] | None = None
+    num_distillation_outputs: int = 1
+    teacher_embed_dim: int | None = None
+    use_context_projection: bool = False
     rope_mode: str = "tile"
     rope_grid: str = "config"
     # transformers' defaults for what forward returns; each call can override them.
@@ -89,7 +115,8 @@ class VJEPA2Config:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"VJEPA2Config.{name} must be a positive int, got {value!r}")
         for name in ("qkv_bias", "pred_zero_init_mask_tokens", "output_hidden_states", "output_attentions",
-                     "return_dict"):
+                     "return_dict", "use_modality_embeddings", "use_image_patch_embedder", "interpolate_rope",
+                     "pred_interpolate_rope", "use_context_projection"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"VJEPA2Config.{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("mlp_ratio", "pred_mlp_ratio", "layer_norm_eps", "initializer_range"):
@@ -117,10 +144,50 @@ class VJEPA2Config:
             raise ValueError(f"VJEPA2Config.rope_mode must be one of {ROPE_MODES}, got {self.rope_mode!r}")
         if self.rope_grid not in ROPE_GRIDS:
             raise ValueError(f"VJEPA2Config.rope_grid must be one of {ROPE_GRIDS}, got {self.rope_grid!r}")
+        self._check_v21()
         self._check_labels()
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"VJEPA2Config.attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, "
                              f"got {self.attn_implementation!r}")
+
+    def _check_v21(self) -> None:
+        layers = self.hierarchical_layers
+        if layers is not None:
+            if not isinstance(layers, (list, tuple)) or not layers or \
+                    not all(isinstance(i, int) and not isinstance(i, bool) for i in layers) or \
+                    list(layers) != sorted(set(layers)) or layers[0] < 0 or layers[-1] != self.num_hidden_layers - 1:
+                raise ValueError(f"VJEPA2Config.hierarchical_layers must be ascending block indices ending with the "
+                                 f"last block ({self.num_hidden_layers - 1}), got {layers!r}")
+            self.hierarchical_layers = list(layers)
+        levels = len(layers) if layers is not None else 1
+        if self.num_distillation_outputs not in (1, levels) or isinstance(self.num_distillation_outputs, bool):
+            raise ValueError(f"VJEPA2Config.num_distillation_outputs must be 1 or {levels} (the hierarchical "
+                             f"levels), got {self.num_distillation_outputs!r}")
+        t = self.teacher_embed_dim
+        if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t < 1
+                              or t % self.num_distillation_outputs):
+            raise ValueError(f"VJEPA2Config.teacher_embed_dim must be None or a positive multiple of "
+                             f"num_distillation_outputs ({self.num_distillation_outputs}), got {t!r}")
+        v21 = ("use_modality_embeddings", "use_image_patch_embedder", "interpolate_rope", "use_context_projection")
+        if layers is None and (any(getattr(self, n) for n in v21) or t is not None):
+            raise ValueError(f"VJEPA2Config: {', '.join(n for n in (*v21, 'teacher_embed_dim') if getattr(self, n))} "
+                             "belong to V-JEPA 2.1 models, which also set hierarchical_layers")
+
+    @property
+    def is_v21(self) -> bool:
+        return self.hierarchical_layers is not None
+
+    @property
+    def distillation_layers(self) -> list[int]:
+        """The blocks whose normalised outputs make the training output (and the predictor's input)."""
+        return self.hierarchical_layers[-self.num_distillation_outputs:]
+
+    @property
+    def pred_out_size(self) -> int:
+        """Width of one predicted level."""
+        if self.teacher_embed_dim is None:
+            return self.hidden_size
+        return self.teacher_embed_dim // self.num_distillation_outputs
 
     def _check_labels(self) -> None:
         if self.id2label is None:
@@ -184,7 +251,8 @@ class VJEPA2Config:
 
     def to_dict(self) -> dict:
         """The config.json that transformers' VJEPA2Model reads."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_SAVED}
+        skip = _NOT_SAVED if self.is_v21 else _NOT_SAVED + V21_FIELDS  # V-JEPA 2's config.json as before
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
         d["use_rope_interleave"] = self.rope_mode == "interleave"
         d["model_type"] = self.model_type
         d["id2label"] = {str(i): name for i, name in self.id2label.items()}
@@ -245,11 +313,27 @@ class VJEPA2Config:
 
 _VITG = dict(hidden_size=1408, num_hidden_layers=40, num_attention_heads=22, mlp_ratio=48 / 11)
 
+def _v21(depth: int, width: int, heads: int, mlp: int, levels: int, teacher: int | None, pred_depth: int) -> dict:
+    """A released V-JEPA 2.1 layout (384 px, head dim 64): the encoder's hierarchical taps by depth,
+    the predictor 384 wide, 12 heads, 8 mask tokens, with its context head."""
+    taps = {12: [2, 5, 8, 11], 24: [5, 11, 17, 23], 40: [9, 19, 29, 39], 48: [11, 23, 37, 47]}[depth]
+    return dict(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads, mlp_ratio=mlp / width,
+                crop_size=384, rope_mode="interleave", use_modality_embeddings=True, use_image_patch_embedder=True,
+                interpolate_rope=True, hierarchical_layers=taps, num_distillation_outputs=levels,
+                teacher_embed_dim=teacher, use_context_projection=True, pred_hidden_size=384,
+                pred_num_hidden_layers=pred_depth, pred_num_attention_heads=12, pred_num_mask_tokens=8)
+
+
 PRESETS: dict[str, dict] = {
     "vitl": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
     "vith": dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16),
     "vitg": dict(_VITG),
     "vitg-384": dict(_VITG, crop_size=384),
+    # B and L were distilled from ViT-G: one 1664-wide level; g and G predict their own four levels.
+    "vitb-2.1": _v21(12, 768, 12, 3072, 1, 1664, 12),
+    "vitl-2.1": _v21(24, 1024, 16, 4096, 1, 1664, 12),
+    "vitg-2.1": _v21(40, 1408, 22, 6144, 4, None, 24),
+    "vitG-2.1": _v21(48, 1664, 26, 8192, 4, None, 24),
     # Small shapes for CPU work: the released layouts (head dim 64) at a fraction of the cost.
     "tiny": dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, crop_size=64,
                  frames_per_clip=8, pred_hidden_size=96, pred_num_hidden_layers=2,

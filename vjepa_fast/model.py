@@ -77,9 +77,10 @@ class Block(nn.Module):
 
 def run_blocks(blocks: nn.ModuleList, x: Tensor, rope: Rope, use_checkpointing: bool, causal_block: int = 0,
                hidden_states: list | None = None, attentions: list | None = None) -> Tensor:
-    """The blocks in turn. hidden_states, a list, receives the input and every block's output;
-    attentions, a list, selects the explicit attention and receives its probabilities (block
-    checkpointing recomputes them in the backward pass; the recomputed copies are not kept)."""
+    """The blocks in turn. hidden_states, a list, receives every block's input (the caller adds
+    the last output); attentions, a list, selects the explicit attention and receives its
+    probabilities (block checkpointing recomputes them in the backward pass; the recomputed
+    copies are not kept)."""
     for block in blocks:
         if hidden_states is not None:
             hidden_states.append(x)
@@ -87,8 +88,6 @@ def run_blocks(blocks: nn.ModuleList, x: Tensor, rope: Rope, use_checkpointing: 
             x = checkpoint(block, x, rope, causal_block, None, None, None, attentions, use_reentrant=False)
         else:
             x = block(x, rope, causal_block, probs=attentions)
-    if hidden_states is not None:
-        hidden_states.append(x)
     return x
 
 
@@ -134,10 +133,10 @@ def check_video(video: Tensor, config: VJEPA2Config, check_finite: bool = False)
 class TubeletEmbedding(nn.Module):
     """The patch embedding: a stride-(t, p, p) Conv3d, kept in the Conv3d's weight layout."""
 
-    def __init__(self, config: VJEPA2Config):
+    def __init__(self, config: VJEPA2Config, tubelet: int):
         super().__init__()
         c = config
-        self.weight = nn.Parameter(torch.empty(c.hidden_size, c.in_chans, c.tubelet_size, c.patch_size, c.patch_size))
+        self.weight = nn.Parameter(torch.empty(c.hidden_size, c.in_chans, tubelet, c.patch_size, c.patch_size))
         self.bias = nn.Parameter(torch.empty(c.hidden_size))
 
     def forward(self, video: Tensor, token_ids: Tensor | None = None) -> Tensor:
@@ -151,21 +150,50 @@ class TubeletEmbedding(nn.Module):
 
 
 class Encoder(nn.Module):
+    """The ViT. V-JEPA 2.1 layouts (config.hierarchical_layers) add an image tokenizer (tubelet 1,
+    for single-frame inputs), modality vectors added after tokenisation, interpolated RoPE
+    positions, and four LayerNorms at the hierarchical taps in place of the final one."""
+
     def __init__(self, config: VJEPA2Config):
         super().__init__()
         c = config
         self.config = c
-        self.patch_embed = TubeletEmbedding(c)
+        self.patch_embed = TubeletEmbedding(c, c.tubelet_size)
+        if c.use_image_patch_embedder:
+            self.patch_embed_img = TubeletEmbedding(c, 1)
+        if c.use_modality_embeddings:
+            self.img_mod_embed = nn.Parameter(torch.zeros(1, 1, c.hidden_size))
+            self.video_mod_embed = nn.Parameter(torch.zeros(1, 1, c.hidden_size))
         self.blocks = nn.ModuleList(
             Block(c.hidden_size, c.num_attention_heads, c.mlp_hidden_size, c.layer_norm_eps, c.qkv_bias)
             for _ in range(c.num_hidden_layers))
-        self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        if c.is_v21:
+            self.norms_block = nn.ModuleList(nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+                                             for _ in c.hierarchical_layers)
+        else:
+            self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.gradient_checkpointing = False
 
+    @property
+    def output_norm(self) -> nn.LayerNorm:
+        """The LayerNorm of the inference output (2.1: the last hierarchical one)."""
+        return self.norms_block[-1] if self.config.is_v21 else self.norm
+
+    def is_image(self, video: Tensor) -> bool:
+        """A single frame goes to the image tokenizer when the model has one."""
+        return video.shape[1] == 1 and self.config.use_image_patch_embedder
+
+    def tubelet(self, video: Tensor) -> int:
+        return 1 if self.is_image(video) else self.config.tubelet_size
+
     def frames(self, video: Tensor) -> Tensor:
-        """An image or a clip shorter than a tubelet is repeated to one tubelet; a trailing
-        partial tubelet is dropped (what the strided Conv3d does)."""
-        t = self.config.tubelet_size
+        """V-JEPA 2: an image or a clip shorter than a tubelet is repeated to one tubelet (as
+        transformers does); 2.1 models take single frames through their image tokenizer. A
+        trailing partial tubelet is dropped (what the strided Conv3d does)."""
+        t = self.tubelet(video)
+        if video.shape[1] < t and self.config.is_v21:
+            raise ValueError(f"pixel_values_videos has {video.shape[1]} frame(s): this V-JEPA 2.1 model has no image "
+                             f"tokenizer (use_image_patch_embedder=False), give at least tubelet_size={t} frames")
         if video.shape[1] < t:
             video = video.repeat(1, t, 1, 1, 1)
         T = video.shape[1] - video.shape[1] % t
@@ -174,62 +202,129 @@ class Encoder(nn.Module):
     def grid(self, video: Tensor) -> tuple[int, int, int]:
         """(Tp, Hp, Wp) tubelets of a video already through `frames`."""
         c = self.config
-        return video.shape[1] // c.tubelet_size, video.shape[3] // c.patch_size, video.shape[4] // c.patch_size
+        return video.shape[1] // self.tubelet(video), video.shape[3] // c.patch_size, video.shape[4] // c.patch_size
 
     def position_grid(self, video: Tensor) -> tuple[int, int]:
-        """The (rows, cols) grid token indices are decoded on (see VJEPA2Config.rope_grid)."""
-        if self.config.rope_grid == "config":
+        """The (rows, cols) grid token indices are decoded on (see VJEPA2Config.rope_grid;
+        interpolated RoPE is defined on the input's grid)."""
+        if self.config.rope_grid == "config" and not self.config.interpolate_rope:
             return self.config.grid_size, self.config.grid_size
         return self.grid(video)[1:]
 
+    def rope(self, ids: Tensor, video: Tensor) -> Rope:
+        grid = self.position_grid(video)
+        positions = token_positions(ids, *grid).float()
+        if self.config.interpolate_rope:
+            positions = interpolate_positions(positions, grid, self.config.patch_size)
+        return make_rope(positions, self.config.hidden_size // self.config.num_attention_heads, self.config.rope_mode)
+
     def forward(self, video: Tensor, token_ids: Tensor | None = None, hidden_states: list | None = None,
-                attentions: list | None = None) -> Tensor:
-        """(B, T, C, H, W) float or uint8 -> (B, N, D) after the final LayerNorm. With token_ids
+                attentions: list | None = None, hierarchical: list | None = None) -> Tensor:
+        """(B, T, C, H, W) float or uint8 -> (B, N, D) after the output LayerNorm. With token_ids
         (B, K), only those tokens are embedded and encoded (they attend only to each other): Meta's
-        context encoder. hidden_states and attentions: see run_blocks."""
+        context encoder. hidden_states and attentions: see run_blocks. hierarchical, a list (2.1),
+        receives the normalised taps of config.distillation_layers concatenated, (B, N, levels * D):
+        Meta's training output."""
+        c = self.config
+        if hierarchical is not None and not c.is_v21:
+            raise ValueError("hierarchical outputs belong to V-JEPA 2.1 encoders (config.hierarchical_layers)")
         video = self.frames(video)
+        image = self.is_image(video)
         Tp, Hp, Wp = self.grid(video)
-        x = self.patch_embed(video, token_ids)  # (B, N or K, D)
+        x = (self.patch_embed_img if image else self.patch_embed)(video, token_ids)  # (B, N or K, D)
+        if c.use_modality_embeddings:
+            x = x + (self.img_mod_embed if image else self.video_mod_embed)
         ids = torch.arange(Tp * Hp * Wp, device=x.device)[None] if token_ids is None else token_ids
-        rope = make_rope(token_positions(ids, *self.position_grid(video)),
-                         self.config.hidden_size // self.config.num_attention_heads, self.config.rope_mode)
-        x = run_blocks(self.blocks, x, rope, self.gradient_checkpointing, 0, hidden_states, attentions)
-        return self.norm(x)
+        rope = self.rope(ids, video)
+        if not c.is_v21:
+            x = run_blocks(self.blocks, x, rope, self.gradient_checkpointing, 0, hidden_states, attentions)
+            if hidden_states is not None:
+                hidden_states.append(x)
+            return self.norm(x)
+        levels, start = [], 0
+        for tap, layer in enumerate(c.hierarchical_layers):  # the blocks in segments ending at each tap
+            x = run_blocks(self.blocks[start:layer + 1], x, rope, self.gradient_checkpointing, 0, hidden_states,
+                           attentions)
+            start = layer + 1
+            if hierarchical is not None and layer in c.distillation_layers:
+                levels.append(self.norms_block[tap](x))
+        if hidden_states is not None:
+            hidden_states.append(x)
+        if hierarchical is not None:
+            hierarchical.append(torch.cat(levels, dim=-1))
+        return self.norms_block[-1](x)
+
+
+def interpolate_positions(positions: Tensor, grid: tuple[int, int], patch_size: int) -> Tensor:
+    """V-JEPA 2.1's RoPE interpolation: h and w rescaled from a (rows, cols) grid to the grid of
+    a 256 px input (16 x 16 at patch 16), so the last row and column sit at 15 whatever the input
+    size (a one-row grid stays at 0); time is not rescaled."""
+    top = 256 // patch_size - 1
+    scale = positions.new_tensor([1.0, top, top])
+    divisor = positions.new_tensor([1.0] + [max(n - 1, 1) for n in grid])
+    return positions * scale / divisor  # Meta's order of operations: h * 15 / (Hp - 1)
 
 
 class Predictor(nn.Module):
+    """The mask-token predictor. V-JEPA 2.1 layouts take the encoder's concatenated levels (an MLP
+    embedding when there are four), add modality vectors, and predict levels x pred_out_size per
+    token, with a second head for the context tokens (use_context_projection)."""
+
     def __init__(self, config: VJEPA2Config):
         super().__init__()
         c = config
         self.config = c
-        self.embed = nn.Linear(c.hidden_size, c.pred_hidden_size)
+        levels = c.num_distillation_outputs
+        if levels > 1:
+            self.embed = nn.Sequential(nn.Linear(levels * c.hidden_size, c.hidden_size), nn.GELU(),
+                                       nn.Linear(c.hidden_size, c.pred_hidden_size))
+        else:
+            self.embed = nn.Linear(c.hidden_size, c.pred_hidden_size)
         self.mask_tokens = nn.Parameter(torch.zeros(c.pred_num_mask_tokens, c.pred_hidden_size))
+        if c.use_modality_embeddings:
+            self.img_mod_embed = nn.Parameter(torch.zeros(1, 1, c.pred_hidden_size))
+            self.video_mod_embed = nn.Parameter(torch.zeros(1, 1, c.pred_hidden_size))
         self.blocks = nn.ModuleList(
             Block(c.pred_hidden_size, c.pred_num_attention_heads, c.pred_mlp_hidden_size, c.layer_norm_eps, c.qkv_bias)
             for _ in range(c.pred_num_hidden_layers))
         self.norm = nn.LayerNorm(c.pred_hidden_size, eps=c.layer_norm_eps)
-        self.proj = nn.Linear(c.pred_hidden_size, c.hidden_size)
+        self.proj = nn.Linear(c.pred_hidden_size, levels * c.pred_out_size)
+        if c.use_context_projection:
+            self.proj_context = nn.Linear(c.pred_hidden_size, levels * c.pred_out_size)
         self.gradient_checkpointing = False
 
-    def forward(self, context: Tensor, context_ids: Tensor, target_ids: Tensor,
-                grid: tuple[int, int], mask_index: int = 1) -> Tensor:
-        """context (B, Nc, D) encoder tokens at context_ids (B, Nc); predicts (B, Nt, D) at
-        target_ids (B, Nt). Attention has no mask, so token order does not matter and nothing is sorted."""
+    def forward(self, context: Tensor, context_ids: Tensor, target_ids: Tensor, grid: tuple[int, int],
+                mask_index: int = 1, image: bool = False, return_context: bool = False):
+        """context (B, Nc, D or levels * D) encoder tokens at context_ids (B, Nc); predicts
+        (B, Nt, levels * out) at target_ids (B, Nt), and with return_context (use_context_projection)
+        also (B, Nc, levels * out) at the context tokens. Attention has no mask, so token order
+        does not matter and nothing is sorted. image picks the image modality vector (2.1)."""
+        c = self.config
         Nc = context.shape[1]
-        mask_token = self.mask_tokens[mask_index % self.config.pred_num_mask_tokens]
+        mask_token = self.mask_tokens[mask_index % c.pred_num_mask_tokens]
         # One fused op: embedded context, mask tokens at the target slots, and their (t, h, w) positions.
         x, positions = masked_gather(self.embed(context), mask_token, context_ids, target_ids, *grid)
         # x (B, Nc+Nt, Dp), positions (B, Nc+Nt, 3)
-        rope = make_rope(positions,
-                         self.config.pred_hidden_size // self.config.pred_num_attention_heads, self.config.rope_mode)
-        x = run_blocks(self.blocks, x, rope, self.gradient_checkpointing)
-        return self.proj(self.norm(x[:, Nc:]))
+        if c.pred_interpolate_rope:
+            positions = interpolate_positions(positions, grid, c.patch_size)
+        if c.use_modality_embeddings:
+            x = x + (self.img_mod_embed if image else self.video_mod_embed)
+        rope = make_rope(positions, c.pred_hidden_size // c.pred_num_attention_heads, c.rope_mode)
+        x = self.norm(run_blocks(self.blocks, x, rope, self.gradient_checkpointing))
+        if not return_context:
+            return self.proj(x[:, Nc:])
+        if not c.use_context_projection:
+            raise ValueError("return_context needs a predictor with a context head (config.use_context_projection)")
+        return self.proj(x[:, Nc:]), self.proj_context(x[:, :Nc])
 
 
 @dataclass
 class PredictorOutput(ModelOutput):
     last_hidden_state: Tensor                  # (M*B, Nt, D) predictions at the target tokens
     target_hidden_state: Tensor | None = None  # (M*B, Nt, D) encoder output gathered at the target tokens
+    # V-JEPA 2.1: predictions at the context tokens (use_context_projection), (M*B, Nc, levels * out).
+    # Its encoder outputs are the hierarchical levels: target_hidden_state is then (M*B, Nt, levels * D).
+    context_hidden_state: Tensor | None = None
 
 
 @dataclass
@@ -240,6 +335,7 @@ class VJEPA2Output(ModelOutput):
     predictor_output: PredictorOutput | None = None
     hidden_states: tuple[Tensor, ...] | None = None  # embeddings and every block's output, (B, N, D) each
     attentions: tuple[Tensor, ...] | None = None     # every block's probabilities, (B, heads, N, N)
+    hierarchical_hidden_state: Tensor | None = None  # 2.1, output_hierarchical: (B, N, levels * D)
 
     def to_tuple(self) -> tuple:
         out = super().to_tuple()
@@ -295,7 +391,14 @@ class VJEPA2Model(PreTrainedMixin, nn.Module):
         # The tubelet embedding is a Conv3d in every checkpoint: keep its initialisation too.
         nn.init.trunc_normal_(self.encoder.patch_embed.weight, std=c.initializer_range)
         nn.init.zeros_(self.encoder.patch_embed.bias)
+        if c.use_image_patch_embedder:
+            nn.init.trunc_normal_(self.encoder.patch_embed_img.weight, std=c.initializer_range)
+            nn.init.zeros_(self.encoder.patch_embed_img.bias)
         init_weights(self.predictor, c.initializer_range, self.predictor.blocks)
+        if c.use_modality_embeddings:  # Meta's: nearly invisible at the start
+            for module in (self.encoder, self.predictor):
+                nn.init.normal_(module.img_mod_embed, std=1e-6)
+                nn.init.normal_(module.video_mod_embed, std=1e-6)
         if c.pred_zero_init_mask_tokens:
             nn.init.zeros_(self.predictor.mask_tokens)
         else:
@@ -307,24 +410,33 @@ class VJEPA2Model(PreTrainedMixin, nn.Module):
     def forward(self, pixel_values_videos: Tensor, context_mask: list[Tensor] | None = None,
                 target_mask: list[Tensor] | None = None, skip_predictor: bool = False,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, check_finite: bool = False) -> VJEPA2Output | tuple:
+                return_dict: bool | None = None, check_finite: bool = False,
+                output_hierarchical: bool = False) -> VJEPA2Output | tuple:
         """Encodes the whole clip, then (like transformers) gathers the context tokens from it.
         The i-th context mask is paired with the i-th target mask; outputs stack the pairs along
         the batch (M*B rows). output_attentions needs attn_implementation="eager" (the fused op
         never forms the probabilities); the three output flags default to the config's.
-        check_finite=True rejects NaN/inf input."""
-        check_video(pixel_values_videos, self.config, check_finite)
+        check_finite=True rejects NaN/inf input. V-JEPA 2.1: the predictor reads (and its targets
+        are) the hierarchical levels, output_hierarchical returns them, and a single frame goes
+        through the image tokenizer."""
+        c = self.config
+        check_video(pixel_values_videos, c, check_finite)
+        if output_hierarchical and not c.is_v21:
+            raise ValueError("output_hierarchical=True needs a V-JEPA 2.1 model (config.hierarchical_layers)")
         hidden_states, attentions, return_dict = self.output_lists(output_attentions, output_hidden_states, return_dict)
         encoder = self.encoder
         video = encoder.frames(pixel_values_videos)
-        hidden = encoder(video, None, hidden_states, attentions)  # (B, N, D)
+        levels = [] if c.is_v21 and (output_hierarchical or not skip_predictor) else None
+        hidden = encoder(video, None, hidden_states, attentions, levels)  # (B, N, D)
+        hierarchical = levels[0] if levels else None
+        features = hidden if hierarchical is None else hierarchical  # what the predictor reads and predicts
         B, N, _ = hidden.shape
         if (context_mask is None) != (target_mask is None):
             raise ValueError("context_mask and target_mask must be given together (or neither)")
         if context_mask is None:
             # Every token is both context and target: nothing to gather.
             full = torch.arange(N, device=hidden.device).expand(B, N)
-            context_ids, target_ids, masked, target = full, full, hidden, hidden
+            context_ids, target_ids, masked, context, target = full, full, hidden, features, features
         else:
             context_mask = check_masks("context_mask", context_mask, B, N, hidden.device)
             target_mask = check_masks("target_mask", target_mask, B, N, hidden.device)
@@ -333,13 +445,22 @@ class VJEPA2Model(PreTrainedMixin, nn.Module):
                                  f"got {len(context_mask)} and {len(target_mask)}")
             context_ids, target_ids = torch.cat(context_mask), torch.cat(target_mask)  # (M*B, K)
             masked = gather_tokens(hidden, context_mask)
-            target = None if skip_predictor else gather_tokens(hidden, target_mask)
+            context = masked if hierarchical is None else gather_tokens(hierarchical, context_mask)
+            target = None if skip_predictor else gather_tokens(features, target_mask)
         predictor_output = None
         if not skip_predictor:
-            pred = self.predictor(masked, context_ids, target_ids, encoder.position_grid(video))
-            predictor_output = PredictorOutput(pred, target)
+            # Meta's 2.1 predictor decodes positions on its configured grid.
+            grid = (c.grid_size, c.grid_size) if c.is_v21 else encoder.position_grid(video)
+            image = encoder.is_image(video)
+            if c.use_context_projection:
+                pred, pred_context = self.predictor(context, context_ids, target_ids, grid, image=image,
+                                                    return_context=True)
+                predictor_output = PredictorOutput(pred, target, pred_context)
+            else:
+                predictor_output = PredictorOutput(self.predictor(context, context_ids, target_ids, grid, image=image),
+                                                   target)
         out = VJEPA2Output(hidden, masked, predictor_output, tuple(hidden_states) if hidden_states else None,
-                           tuple(attentions) if attentions else None)
+                           tuple(attentions) if attentions else None, hierarchical if output_hierarchical else None)
         return out if return_dict else out.to_tuple()
 
     def output_lists(self, output_attentions, output_hidden_states, return_dict) -> tuple[list | None, list | None, bool]:
@@ -384,7 +505,9 @@ class VJEPA2Model(PreTrainedMixin, nn.Module):
 
     @classmethod
     def from_meta_checkpoint(cls, path: str, config: VJEPA2Config | None = None,
-                             encoder_key: str = "encoder") -> "VJEPA2Model":
+                             encoder_key: str | None = None) -> "VJEPA2Model":
+        """Meta's .pt (V-JEPA 2 or 2.1; config inferred from the shapes when not given).
+        encoder_key None takes "encoder", else "ema_encoder", else "target_encoder"."""
         from vjepa_fast.checkpoints import load_meta_checkpoint
         return load_meta_checkpoint(cls, path, config, encoder_key)
 

@@ -163,7 +163,7 @@ def encode(model: VJEPA2Model, clips: list[Tensor], config: ExtractConfig, devic
         else:
             hidden = []  # the embeddings, then every block's output
             model.encoder(video, None, hidden)
-            h = torch.stack([model.encoder.norm(hidden[n]) for n in layers], dim=1)    # (B, L, N, D)
+            h = torch.stack([model.encoder.output_norm(hidden[n]) for n in layers], dim=1)    # (B, L, N, D)
         if config.pool == "mean":
             h = h.float().mean(dim=-2)
         h = h.to(DTYPES[config.feature_dtype]).cpu()
