@@ -313,15 +313,29 @@ class VJEPA2Config:
 
 _VITG = dict(hidden_size=1408, num_hidden_layers=40, num_attention_heads=22, mlp_ratio=48 / 11)
 
+# Meta's hierarchical taps of the released 2.1 depths.
+RELEASED_TAPS = {12: [2, 5, 8, 11], 24: [5, 11, 17, 23], 40: [9, 19, 29, 39], 48: [11, 23, 37, 47]}
+
+
+def hierarchical_taps(depth: int) -> list[int]:
+    """The released taps for the released depths; else up to four evenly spaced, ending with the last block."""
+    if depth in RELEASED_TAPS:
+        return RELEASED_TAPS[depth]
+    levels = min(4, depth)
+    return [round((i + 1) * depth / levels) - 1 for i in range(levels)]
+
+
+_V21 = dict(rope_mode="interleave", use_modality_embeddings=True, use_image_patch_embedder=True, interpolate_rope=True,
+            use_context_projection=True)
+
+
 def _v21(depth: int, width: int, heads: int, mlp: int, levels: int, teacher: int | None, pred_depth: int) -> dict:
     """A released V-JEPA 2.1 layout (384 px, head dim 64): the encoder's hierarchical taps by depth,
     the predictor 384 wide, 12 heads, 8 mask tokens, with its context head."""
-    taps = {12: [2, 5, 8, 11], 24: [5, 11, 17, 23], 40: [9, 19, 29, 39], 48: [11, 23, 37, 47]}[depth]
-    return dict(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads, mlp_ratio=mlp / width,
-                crop_size=384, rope_mode="interleave", use_modality_embeddings=True, use_image_patch_embedder=True,
-                interpolate_rope=True, hierarchical_layers=taps, num_distillation_outputs=levels,
-                teacher_embed_dim=teacher, use_context_projection=True, pred_hidden_size=384,
-                pred_num_hidden_layers=pred_depth, pred_num_attention_heads=12, pred_num_mask_tokens=8)
+    return dict(_V21, hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads, mlp_ratio=mlp / width,
+                crop_size=384, hierarchical_layers=RELEASED_TAPS[depth], num_distillation_outputs=levels,
+                teacher_embed_dim=teacher, pred_hidden_size=384, pred_num_hidden_layers=pred_depth,
+                pred_num_attention_heads=12, pred_num_mask_tokens=8)
 
 
 PRESETS: dict[str, dict] = {
@@ -341,4 +355,8 @@ PRESETS: dict[str, dict] = {
     "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, crop_size=128,
                   frames_per_clip=16, pred_hidden_size=192, pred_num_hidden_layers=6,
                   pred_num_attention_heads=6),
+    # The tiny layout with every 2.1 feature: four levels, image tokenizer, context head.
+    "tiny-2.1": dict(_V21, hidden_size=192, num_hidden_layers=4, num_attention_heads=3, crop_size=64,
+                     frames_per_clip=8, pred_hidden_size=96, pred_num_hidden_layers=2, pred_num_attention_heads=3,
+                     hierarchical_layers=[0, 1, 2, 3], num_distillation_outputs=4),
 }

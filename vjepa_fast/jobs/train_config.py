@@ -11,7 +11,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 
-from vjepa_fast.config import PRESETS, VJEPA2Config
+from vjepa_fast.config import PRESETS, VJEPA2Config, hierarchical_taps
 from vjepa_fast.jobs import cli
 from vjepa_fast.jobs.loop import Schedule, resume_help
 from vjepa_fast.masks import MaskConfig
@@ -25,7 +25,7 @@ RESUME_CHANGEABLE = ("steps", "checkpoint_every", "resume", "out", "workers", "d
 @dataclass
 class TrainConfig:
     preset: str = field(default="tiny", metadata={"help": "recipe the other defaults come from: " + ", ".join(
-        ["tiny", "vitl", "vith", "vitg"])})
+        ["tiny", "vitl", "vith", "vitg", "tiny-2.1", "vitb-2.1", "vitl-2.1", "vitg-2.1", "vitG-2.1"])})
     # ---- model
     model: str = field(default="tiny", metadata={"help": f"model shape preset ({', '.join(PRESETS)})"})
     width: int = field(default=96, metadata={"help": "encoder width (0: the model preset's)"})
@@ -37,7 +37,8 @@ class TrainConfig:
     patch_size: int = field(default=16, metadata={"help": "spatial patch size in pixels"})
     crop_size: int = field(default=64, metadata={"help": "training resolution (square crops), pixels"})
     frames: int = field(default=8, metadata={"help": "frames per clip"})
-    rope_mode: str = field(default="tile", metadata={"help": "tile (V-JEPA 2) or interleave (V-JEPA 2.1)"})
+    rope_mode: str = field(default="tile", metadata={"help": "tile (V-JEPA 2) or interleave (V-JEPA 2.1; the 2.1 "
+                                                             "model presets set it)"})
     # ---- data
     data: str = field(default="physics", metadata={"help": "'physics' (embedded generated clips), a folder of "
                                                            "videos, or a CSV whose first column is a video path"})
@@ -53,6 +54,19 @@ class TrainConfig:
     short_scale: float = field(default=0.15, metadata={"help": "short-range mask: frame fraction per block"})
     long_blocks: int = field(default=2, metadata={"help": "long-range mask: blocks per clip"})
     long_scale: float = field(default=0.7, metadata={"help": "long-range mask: frame fraction per block"})
+    # ---- V-JEPA 2.1 objective (models with hierarchical levels: the *-2.1 presets)
+    context_lambda: float = field(default=0.5, metadata={"help": "2.1: weight of the context loss on video steps"})
+    context_lambda_image: float = field(default=0.7, metadata={"help": "2.1: weight of the context loss on image steps"})
+    lambda_start: int = field(default=100, metadata={"help": "2.1: step the context-loss weight starts rising from 0 "
+                                                             "(Meta: 15000)"})
+    lambda_end: int = field(default=300, metadata={"help": "2.1: step it reaches its value and holds (Meta: 30000)"})
+    distance_weights: bool = field(default=True, metadata={"help": "2.1: weigh each context token by 1/sqrt of its "
+                                                                   "distance to the nearest masked token"})
+    image_every: int = field(default=4, metadata={"help": "2.1: every N-th step trains on images (each clip's "
+                                                          "first frame, through the image tokenizer); 0: never"})
+    teacher: str = field(default="", metadata={"help": "2.1: a frozen teacher encoder (a checkpoint folder) whose "
+                                                       "levels are the targets (distillation, how B and L were "
+                                                       "trained); empty: the EMA target encoder's own levels"})
     # ---- optimisation
     steps: int = field(default=600, metadata={"help": "optimizer steps in total"})
     batch_size: int = field(default=8, metadata={"help": "clips per optimizer step per rank"})
@@ -91,9 +105,11 @@ class TrainConfig:
         cli.check_fields(self, at_least_1=("patch_size", "crop_size", "frames", "short_blocks", "long_blocks", "steps",
                                            "batch_size", "grad_accum", "checkpoint_every", "probe_clips", "max_balls"),
                          at_least_0=("width", "depth", "heads", "pred_width", "pred_depth", "pred_heads", "workers",
-                                     "warmup_steps", "cooldown_steps", "seed", "threads"),
+                                     "warmup_steps", "cooldown_steps", "seed", "threads", "lambda_start", "lambda_end",
+                                     "image_every"),
                          numbers=("fps", "start_lr", "lr", "final_lr", "weight_decay", "ema", "beta1", "beta2",
-                                  "min_scale", "max_scale", "min_aspect", "max_aspect", "short_scale", "long_scale"),
+                                  "min_scale", "max_scale", "min_aspect", "max_aspect", "short_scale", "long_scale",
+                                  "context_lambda", "context_lambda_image"),
                          choices={"preset": TRAIN_PRESETS, "model": PRESETS, "dtype": ("auto", "float32", "bfloat16"),
                                   "device": ("auto", "cpu", "cuda"), "rope_mode": ("tile", "interleave")},
                          folders=("out",))
@@ -113,13 +129,22 @@ class TrainConfig:
             raise ValueError(f"--batch-size ({self.batch_size}) must be divisible by --grad-accum ({self.grad_accum})")
         if self.crop_size % self.patch_size:
             raise ValueError(f"--crop-size ({self.crop_size}) must be a multiple of --patch-size ({self.patch_size})")
-        self.model_config()  # width/heads divisibility and the like, with the model's own messages
+        if self.lambda_end < self.lambda_start:
+            raise ValueError(f"--lambda-end ({self.lambda_end}) must not come before --lambda-start ({self.lambda_start})")
+        if min(self.context_lambda, self.context_lambda_image) < 0:
+            raise ValueError(f"--context-lambda and --context-lambda-image must be >= 0, got {self.context_lambda}, "
+                             f"{self.context_lambda_image}")
+        model = self.model_config()  # width/heads divisibility and the like, with the model's own messages
+        if self.teacher and not model.is_v21:
+            raise ValueError(f"--teacher belongs to the V-JEPA 2.1 objective: --model {self.model} is a V-JEPA 2 layout "
+                             "(choose a *-2.1 model)")
         self.mask_configs()
 
     def schedule(self) -> Schedule:
         return Schedule(self.steps, self.lr, self.start_lr, self.final_lr, self.warmup_steps, self.cooldown_steps)
 
     def model_config(self) -> VJEPA2Config:
+        preset = PRESETS[self.model]
         overrides = dict(patch_size=self.patch_size, crop_size=self.crop_size, frames_per_clip=self.frames,
                          rope_mode=self.rope_mode)
         for ours, theirs in (("width", "hidden_size"), ("depth", "num_hidden_layers"), ("heads", "num_attention_heads"),
@@ -127,7 +152,22 @@ class TrainConfig:
                              ("pred_heads", "pred_num_attention_heads")):
             if getattr(self, ours):
                 overrides[theirs] = getattr(self, ours)
-        return VJEPA2Config(**{**PRESETS[self.model], **overrides})
+        if preset.get("hierarchical_layers"):  # 2.1: taps for the depth trained, targets its own or the teacher's
+            taps = hierarchical_taps(overrides.get("num_hidden_layers", preset["num_hidden_layers"]))
+            levels = len(taps) if preset["num_distillation_outputs"] > 1 else 1
+            overrides.update(hierarchical_layers=taps, num_distillation_outputs=levels, teacher_embed_dim=None,
+                             rope_mode="interleave")  # 2.1's true rotation, whatever --rope-mode says
+            if self.teacher:
+                teacher = VJEPA2Config.from_pretrained(self.teacher)
+                if not teacher.is_v21:
+                    raise ValueError(f"--teacher {self.teacher}: a V-JEPA 2 checkpoint; the teacher must be a 2.1 "
+                                     "encoder (its hierarchical levels are the targets)")
+                if teacher.num_distillation_outputs not in (1, len(taps)):
+                    raise ValueError(f"--teacher {self.teacher}: its {teacher.num_distillation_outputs} levels cannot be "
+                                     f"predicted by a student with {len(taps)} taps (1 or {len(taps)} levels)")
+                overrides.update(num_distillation_outputs=teacher.num_distillation_outputs,
+                                 teacher_embed_dim=teacher.num_distillation_outputs * teacher.hidden_size)
+        return VJEPA2Config(**{**preset, **overrides})
 
     def mask_configs(self) -> tuple[MaskConfig, MaskConfig]:
         for name in ("short_scale", "long_scale"):
@@ -156,6 +196,13 @@ TRAIN_PRESETS: dict[str, dict] = {
     "vitl": dict(_PAPER, model="vitl"),
     "vith": dict(_PAPER, model="vith"),
     "vitg": dict(_PAPER, model="vitg", steps=252_000),
+    # V-JEPA 2.1: four levels, context loss (lambda 0 until 15k steps, then up to 0.5 video / 0.7
+    # image by 30k), a quarter of the steps on images. B and L were distilled: add --teacher DIR.
+    "tiny-2.1": dict(model="tiny-2.1"),
+    "vitb-2.1": dict(_PAPER, model="vitb-2.1", lambda_start=15_000, lambda_end=30_000),
+    "vitl-2.1": dict(_PAPER, model="vitl-2.1", lambda_start=15_000, lambda_end=30_000),
+    "vitg-2.1": dict(_PAPER, model="vitg-2.1", lambda_start=15_000, lambda_end=30_000),
+    "vitG-2.1": dict(_PAPER, model="vitG-2.1", lambda_start=15_000, lambda_end=30_000),
 }
 
 

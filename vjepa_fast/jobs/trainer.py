@@ -1,4 +1,6 @@
 """V-JEPA 2 pre-training (stage 1): the loss, the step, the loop, distributed runs and checkpoints.
+V-JEPA 2.1 models train with the objective of jobs/objective21.py instead (levels, context loss,
+image steps, an optional frozen teacher).
 
 One step, as in Meta's app/vjepa/train.py:
   target  = layer_norm(target_encoder(whole clip))                     (no grad, no affine)
@@ -29,6 +31,8 @@ from vjepa_fast.jobs import cli
 from vjepa_fast.jobs.loop import Run, param_groups
 from vjepa_fast.jobs.train_data import Collate, PhysicsTrainClips, StreamBatches, VideoClips, Augment, make_loader
 from vjepa_fast.jobs.train_config import RESUME_CHANGEABLE, TrainConfig
+from vjepa_fast.jobs.objective21 import JEPA21, context_lambda, level_targets
+from vjepa_fast.masks import mix_seed, sample_masks
 from vjepa_fast.model import Encoder, Predictor, VJEPA2Model, gather_tokens
 from vjepa_fast.video import list_videos
 
@@ -100,11 +104,17 @@ class Trainer:
         self.model_config = c.model_config()
         torch.manual_seed(c.seed)  # the same initial weights on every rank
         model = VJEPA2Model(self.model_config)  # Meta's initialisation
-        self.jepa = JEPA(model.encoder, model.predictor).to(self.device)
+        self.v21 = self.model_config.is_v21
+        self.jepa = (JEPA21(model.encoder, model.predictor, c.distance_weights) if self.v21
+                     else JEPA(model.encoder, model.predictor)).to(self.device)
         self.jepa.encoder.gradient_checkpointing = c.activation_checkpointing
         self.jepa.predictor.gradient_checkpointing = c.activation_checkpointing
         self.target = copy.deepcopy(self.jepa.encoder).requires_grad_(False)
         self.target.gradient_checkpointing = False
+        # 2.1 distillation: the targets are a frozen teacher's levels (the EMA target is still kept).
+        self.teacher = None
+        if c.teacher:
+            self.teacher = VJEPA2Model.from_pretrained(c.teacher).encoder.to(self.device).eval().requires_grad_(False)
         use_bf16 = c.dtype == "bfloat16" or (c.dtype == "auto" and self.device.type == "cuda")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
         self.model = self._distribute()
@@ -158,16 +168,36 @@ class Trainer:
         return make_loader(dataset, Collate(grid, c.mask_configs(), c.seed), batches, c.workers,
                            pin=self.device.type == "cuda")
 
+    def image_step(self) -> bool:
+        """2.1: every image_every-th step trains on images (the clips' first frames)."""
+        c = self.config
+        return self.v21 and self.model_config.use_image_patch_embedder and c.image_every > 0 \
+            and self.step % c.image_every == c.image_every - 1
+
+    def targets(self, video: Tensor) -> Tensor:
+        if not self.v21:
+            return target_features(self.target, video)
+        return level_targets(self.teacher if self.teacher is not None else self.target, video)
+
     def train_step(self, micro_batches: list) -> float:
         """One optimizer step over the micro-batches of this rank; returns the loss averaged over
         micro-batches and ranks. Raises TrainingDiverged (before updating anything) on NaN/inf."""
+        c = self.config
         self.loop.set_lr()
+        image = self.image_step()
+        lam = context_lambda(self.step, c.context_lambda_image if image else c.context_lambda, c.lambda_start,
+                             c.lambda_end)
         total = torch.zeros((), device=self.device)
         for i, batch in enumerate(micro_batches):
             video = batch.video.to(self.device, non_blocking=True)
             masks = [(m.to(self.device), t.to(self.device)) for m, t in batch.masks]
+            if image:  # the first frame of each clip, with masks on its one-frame grid
+                video = video[:, :1]
+                grid = (1, c.crop_size // c.patch_size, c.crop_size // c.patch_size)
+                masks = [(m.to(self.device), t.to(self.device)) for m, t in
+                         sample_masks(grid, video.shape[0], c.mask_configs(), mix_seed(c.seed, self.step, i, 3))]
             with self.autocast:
-                target = target_features(self.target, video)
+                target = self.targets(video)
             groups = list(batch_mask_configs(video, target, masks))
             for j, (clips, context, target_ids, goal, rows) in enumerate(groups):
                 last = i == len(micro_batches) - 1 and j == len(groups) - 1
@@ -175,7 +205,8 @@ class Trainer:
                 with sync:
                     with self.autocast:
                         # Every mask config weighs the same, whatever its token count (Meta's mean of means).
-                        loss = self.model(clips, context, target_ids, goal) * rows / (len(masks) * len(micro_batches))
+                        loss = self.model(clips, context, target_ids, goal, *((lam,) if self.v21 else ()))
+                        loss = loss * rows / (len(masks) * len(micro_batches))
                     # Backward per mask config: one config's activations are freed before the next
                     # config's forward, so the peak holds one graph, not two (same gradients).
                     loss.backward()
@@ -210,12 +241,17 @@ class Trainer:
             micro = [next(data) for _ in range(c.grad_accum)]
             skipped = sum(b.skipped for b in micro)
             lr = self.loop.schedule.lr_at(self.step)
+            v21 = {}
+            if self.v21:
+                image = self.image_step()
+                v21 = dict(image_step=int(image), context_lambda=context_lambda(
+                    self.step, c.context_lambda_image if image else c.context_lambda, c.lambda_start, c.lambda_end))
             loss = self.train_step(micro)
             clips += c.batch_size * self.world
             self.skipped += skipped
             speed = clips / (time.perf_counter() - t0)
             losses.append(loss)
-            self.loop.record(loss=loss, lr=lr, clips_per_s=speed, skipped_videos=self.skipped)
+            self.loop.record(loss=loss, lr=lr, clips_per_s=speed, skipped_videos=self.skipped, **v21)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{speed:.1f}")
             bar.update(1)
             if self.step % c.checkpoint_every == 0 or self.step == c.steps:
