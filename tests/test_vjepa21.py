@@ -206,3 +206,24 @@ def test_the_other_version_is_refused_clearly(bundle, tmp_path):
     no_images = VJEPA2Model(dataclasses.replace(load(bundle).config, use_image_patch_embedder=False))
     with pytest.raises(ValueError, match="has 1 frame.*no image tokenizer.*at least tubelet_size=2 frames"):
         no_images.get_vision_features(torch.zeros(1, 1, 3, 64, 64))
+
+
+@torch.no_grad()
+def test_classifier_extraction_and_ac_take_21_encoders(tmp_path):
+    """The downstream paths read a 2.1 encoder's inference output (images through its image tokenizer)."""
+    from vjepa_fast.ac_model import encode_frames
+    from vjepa_fast.classifier import VJEPA2ForVideoClassification
+    from vjepa_fast.jobs.extract import ExtractConfig, iter_features, write_demo_video
+    config = VJEPA2Config.from_name("tiny-2.1")
+    classifier = VJEPA2ForVideoClassification(config).eval()
+    assert classifier(torch.randn(2, 4, 3, 64, 64)).logits.shape == (2, 2)
+    assert classifier(torch.randn(2, 1, 3, 64, 64)).logits.shape == (2, 2)
+    model = VJEPA2Model(config).eval()
+    model.save_pretrained(tmp_path / "m")
+    write_demo_video(tmp_path / "v.mp4", 16)
+    (key, features), = iter_features(ExtractConfig(videos=[str(tmp_path / "v.mp4")], model=str(tmp_path / "m"),
+                                                   out=str(tmp_path / "o"), num_frames=8, layers="2,4", progress=False))
+    assert key == "v" and features.shape == (2, 64, 192)
+    frames = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
+    z = encode_frames(model.encoder, frames)
+    assert z.shape == (3, 16, 192)  # one image token grid per frame: the image tokenizer, not a repeated tubelet

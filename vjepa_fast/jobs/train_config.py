@@ -7,7 +7,6 @@ recipe's value, and flags given on the command line override it.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass, field
 
