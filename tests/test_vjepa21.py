@@ -227,3 +227,20 @@ def test_classifier_extraction_and_ac_take_21_encoders(tmp_path):
     frames = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
     z = encode_frames(model.encoder, frames)
     assert z.shape == (3, 16, 192)  # one image token grid per frame: the image tokenizer, not a repeated tubelet
+
+
+def test_convert_cli_reads_a_21_file_by_its_shapes(tmp_path):
+    """`python -m vjepa_fast.convert` on a 2.1 .pt of a released width (ViT-B's 768, 12 blocks;
+    a narrow MLP keeps it small): the config comes from the shapes, the encoder from ema_encoder."""
+    from vjepa_fast.jobs.convert import main
+    config = VJEPA2Config(**{**VJEPA2Config.from_name("vitb-2.1").__dict__, "mlp_ratio": 0.25, "pred_hidden_size": 64,
+                             "pred_num_attention_heads": 2, "pred_num_hidden_layers": 1, "id2label": None,
+                             "num_labels": None})
+    model = VJEPA2Model(config)
+    encoder, predictor = ours_to_meta(model.state_dict())
+    torch.save({"ema_encoder": encoder, "predictor": predictor, "epoch": 1}, tmp_path / "b.pt")
+    main(["--src", str(tmp_path / "b.pt"), "--out", str(tmp_path / "b"), "--frames", "2"])
+    again = VJEPA2Model.from_pretrained(str(tmp_path / "b"))
+    assert again.config.is_v21 and again.config.hierarchical_layers == [2, 5, 8, 11]
+    assert again.config.teacher_embed_dim == 1664 and again.config.num_distillation_outputs == 1
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from vjepa_fast.ac_model import AC_MODEL_TYPE, ACPredictor
-from vjepa_fast.checkpoints import (CheckpointError, classifier_state, ours_to_meta, ours_to_meta_probe,
+from vjepa_fast.checkpoints import (ENCODER_KEYS, CheckpointError, classifier_state, ours_to_meta, ours_to_meta_probe,
                                     read_config, split_classifier)
 from vjepa_fast.classifier import VJEPA2ForVideoClassification
 from vjepa_fast.files import atomic_write
@@ -39,12 +39,13 @@ class ConvertConfig:
     out: str = field(default="", metadata={"help": "the directory (from a .pt) or .pt file (from a directory) to write"})
     encoder: str | None = field(default=None, metadata={"help": "for a probe .pt: the encoder it was trained on "
                                                                  "(Meta .pt, directory or hub id)"})
-    encoder_key: str = field(default="encoder", metadata={"help": "which encoder of a Meta file: encoder or "
-                                                                  "target_encoder"})
+    encoder_key: str = field(default="auto", metadata={"help": "which encoder of a Meta file: encoder, ema_encoder "
+                                                               "(2.1 ViT-B/L), target_encoder (2.1 ViT-g/G), or auto "
+                                                               "(the first of these the file holds)"})
     frames: int = field(default=4, metadata={"help": "frames of the random clip both sides are run on"})
 
     def __post_init__(self):
-        cli.check_fields(self, at_least_1=("frames",), choices={"encoder_key": ("encoder", "target_encoder")},
+        cli.check_fields(self, at_least_1=("frames",), choices={"encoder_key": ("auto", *ENCODER_KEYS)},
                          files=("out",))
         if not self.src or not self.out:
             raise ValueError("--src and --out are both needed")
@@ -62,10 +63,13 @@ def from_meta(config: ConvertConfig):
         model = ACPredictor.from_meta_checkpoint(config.src).eval()
         model.save_pretrained(config.out)
         return model, ACPredictor.from_pretrained(config.out)
-    elif "predictor" in entries and config.encoder_key in entries:
-        model = VJEPA2Model.from_meta_checkpoint(config.src, encoder_key=config.encoder_key).eval()
+    elif "predictor" in entries and (config.encoder_key in entries or config.encoder_key == "auto"
+                                     and any(k in entries for k in ENCODER_KEYS)):
+        key = None if config.encoder_key == "auto" else config.encoder_key
+        model = VJEPA2Model.from_meta_checkpoint(config.src, encoder_key=key).eval()
     else:
-        raise CheckpointError(f"{config.src}: neither an encoder checkpoint ({config.encoder_key!r} and 'predictor'), "
+        wanted = " or ".join(ENCODER_KEYS) if config.encoder_key == "auto" else repr(config.encoder_key)
+        raise CheckpointError(f"{config.src}: neither an encoder checkpoint ({wanted} and 'predictor'), "
                               f"an attentive probe ('classifiers') nor an AC predictor; "
                               f"it holds {sorted(entries)}")
     model.save_pretrained(config.out)
