@@ -10,14 +10,17 @@ STAMP := $(VENV)/.vjepa_fast-installed
 setup: $(STAMP)
 
 $(STAMP): setup.py pyproject.toml $(wildcard csrc/*)
-	@ldconfig -p 2>/dev/null | grep -q libavcodec || command -v ffmpeg >/dev/null || { \
-	  echo "installing FFmpeg (torchcodec needs its shared libraries)"; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq ffmpeg; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq ffmpeg; fi; }
+	@missing=""; \
+	  ldconfig -p 2>/dev/null | grep -q libavcodec || command -v ffmpeg >/dev/null || missing="ffmpeg"; \
+	  ldconfig -p 2>/dev/null | grep -q libOSMesa || missing="$$missing libosmesa6"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing$$missing (torchcodec needs FFmpeg's libraries; MuJoCo renders headless with OSMesa)"; \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
+	    else sudo apt-get update -qq && sudo apt-get install -y -qq $$missing; fi; fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch==2.13.0 triton==3.7.1 torchcodec==0.13.0 pybind11 ninja numpy
-	$(PY) -m pip install -q -e ".[test]" --no-build-isolation
+	$(PY) -m pip install -q -e ".[test,sim]" --no-build-isolation
 	$(PY) -m pip install -q --no-deps torchvision==0.28.0  # the reference processor's kernels (tests only)
 	$(PY) .ci/patch_torchvision.py
 	@touch $@

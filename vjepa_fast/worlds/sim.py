@@ -198,7 +198,7 @@ class GymAdapter:
         return self._obs(), reward, terminated, truncated, info
 
     def render(self) -> np.ndarray:
-        frame = np.asarray(self.env.render())
+        frame = np.ascontiguousarray(self.env.render())  # MuJoCo's frames come flipped (negative strides)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError(f"GymAdapter: env.render() must return (H, W, 3) uint8 RGB, got "
                              f"{frame.dtype} {frame.shape} (use render_mode='rgb_array')")
