@@ -4,6 +4,8 @@ from pathlib import Path
 
 # The Triton interpreter must be chosen before any @triton.jit function is defined.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# MuJoCo (tests/test_fetch.py) renders headless, in software.
+os.environ.setdefault("MUJOCO_GL", "osmesa")
 # `python -m pytest` puts the repository root on sys.path, where kernels/ (installed as
 # vjepa_fast.kernels) would shadow the PyPI package `kernels` that transformers imports.
 _ROOT = Path(__file__).resolve().parents[1]

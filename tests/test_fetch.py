@@ -12,13 +12,25 @@ fetch = pytest.importorskip("vjepa_fast.worlds.fetch")
 pytest.importorskip("gymnasium_robotics", reason=fetch.INSTALL)
 
 
+OPEN = []
+
+
+@pytest.fixture(autouse=True)
+def close_environments():
+    yield
+    while OPEN:
+        OPEN.pop().close()
+
+
 def adapter(task: str, size: int = 64, max_steps: int = 50):
     try:
-        return fetch.fetch_adapter(task, size, max_steps)
+        env = fetch.fetch_adapter(task, size, max_steps)
     except Exception as e:  # only a missing OpenGL backend may skip: anything else fails below
         if "gl" in str(e).lower() or "osmesa" in str(e).lower() or "egl" in str(e).lower():
             pytest.skip(f"MuJoCo cannot render here ({e}); install libosmesa6 (make setup)")
         raise
+    OPEN.append(env)
+    return env
 
 
 def test_frames_state_and_hidden_target():

@@ -25,6 +25,11 @@ import numpy as np
 
 from vjepa_fast.worlds.sim import GymAdapter
 
+# Headless machines render in software unless told otherwise (MUJOCO_GL=egl on a GPU machine). Set
+# before MuJoCo is first imported, which fixes its OpenGL backend for the process.
+if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+    os.environ["MUJOCO_GL"] = "osmesa"
+
 FETCH_TASKS = {"fetch-reach": "FetchReach-v4", "fetch-push": "FetchPush-v4",
                "fetch-pick-and-place": "FetchPickAndPlace-v4"}
 # From the front, above the table: the arm, the object and the goal region all in view.
@@ -46,8 +51,6 @@ def make_fetch_env(task: str, image_size: int = 256):
     """The gymnasium environment of `task` (one of FETCH_TASKS), rendering RGB frames of image_size."""
     if task not in FETCH_TASKS:
         raise ValueError(f"task must be one of {tuple(FETCH_TASKS)}, got {task!r}")
-    if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
-        os.environ["MUJOCO_GL"] = "osmesa"  # headless: software rendering (set MUJOCO_GL=egl on a GPU machine)
     try:
         import gymnasium as gym
         import gymnasium_robotics

@@ -207,5 +207,10 @@ class GymAdapter:
     def goal_image(self) -> np.ndarray:
         return np.asarray(self.goal_fn(self.env))
 
+    def close(self) -> None:
+        """Closes the environment (MuJoCo frees its rendering context here, not at interpreter exit)."""
+        if hasattr(self.env, "close"):
+            self.env.close()
+
     def state(self) -> np.ndarray:
         return np.asarray(self.state_fn(self.env), dtype=np.float32)
