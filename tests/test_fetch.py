@@ -122,3 +122,31 @@ def test_short_closed_loop_through_the_generic_path():
     for agent in (planner, None):
         episode = mpc_episode(env, encode, agent, seed=5, generator=torch.Generator().manual_seed(0))
         assert episode.steps == 2 and len(episode.distances) == 3 and len(episode.frames) == 3
+
+
+def test_collect_writes_resumes_and_trains(tmp_path, capsys):
+    """python -m vjepa_fast.collect: two simulator processes, the project's trajectory format,
+    an interrupted folder completed without redoing what is there, other settings refused,
+    and train_ac reading the result."""
+    from vjepa_fast.jobs.collect import main
+    from vjepa_fast.jobs.train_ac import TrainACConfig, train
+    from vjepa_fast.worlds.trajectories import list_trajectories, load_trajectory
+    out = tmp_path / "push"
+    argv = ["--env", "fetch-push", "--episodes", "4", "--frames", "6", "--out", str(out), "--workers", "2",
+            "--no-progress"]
+    main(argv)
+    stems = list_trajectories(out)
+    assert [s.name for s in stems] == [f"traj_{i:05d}" for i in range(4)]
+    traj = load_trajectory(stems[0])
+    assert traj.frames.shape == (6, 64, 64, 3) and traj.states.shape == (6, 7) and traj.actions.shape == (5, 7)
+    assert traj.actions[:, :3].abs().max() <= 0.05 * 0.66 + 1e-6 and traj.actions[:, 3:6].abs().max() == 0
+    kept = stems[0].with_suffix(".npz").stat().st_mtime_ns
+    stems[2].with_suffix(".mp4").unlink()  # as if killed while writing it
+    main(argv)
+    assert "1 collected now, 3 there before" in capsys.readouterr().out
+    assert stems[0].with_suffix(".npz").stat().st_mtime_ns == kept and len(list_trajectories(out)) == 4
+    with pytest.raises(SystemExit, match=r"collected with other settings \(--frames 6 there, 7 now\)"):
+        main(argv[:-3] + ["--frames", "7", "--no-progress"])
+    result = train(TrainACConfig(out=str(tmp_path / "ac"), data_dir=str(out), steps=2, warmup_steps=0,
+                                 cooldown_steps=0, batch_size=2, clip_frames=3))
+    assert (tmp_path / "ac" / "ac_predictor.pt").exists() and result is not None

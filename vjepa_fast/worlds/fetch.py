@@ -51,6 +51,10 @@ def make_fetch_env(task: str, image_size: int = 256):
     """The gymnasium environment of `task` (one of FETCH_TASKS), rendering RGB frames of image_size."""
     if task not in FETCH_TASKS:
         raise ValueError(f"task must be one of {tuple(FETCH_TASKS)}, got {task!r}")
+    # FFmpeg's libraries (torchcodec, which writes the trajectories and episode videos) must be
+    # loaded before MuJoCo's OSMesa renderer: loaded after it, the process crashes (a clash
+    # between their shared libraries).
+    import torchcodec.encoders  # noqa: F401
     try:
         import gymnasium as gym
         import gymnasium_robotics
