@@ -150,3 +150,17 @@ def test_collect_writes_resumes_and_trains(tmp_path, capsys):
     result = train(TrainACConfig(out=str(tmp_path / "ac"), data_dir=str(out), steps=2, warmup_steps=0,
                                  cooldown_steps=0, batch_size=2, clip_frames=3))
     assert (tmp_path / "ac" / "ac_predictor.pt").exists() and result is not None
+
+
+def test_plan_in_fetch_collects_trains_and_evaluates_three_agents(tmp_path):
+    """plan --env fetch-reach with no predictor: collects in Fetch, trains, then the planner,
+    random actions and the scripted oracle (which reaches every goal) over the same seeds."""
+    from vjepa_fast.jobs import plan
+    results = plan.run(plan.PlanConfig(env="fetch-reach", cache_dir=str(tmp_path / "ac"), out=str(tmp_path / "plan"),
+                                       collect_episodes=4, train_steps=3, episodes=2, max_steps=6, samples=8, top_k=2,
+                                       iterations=1))
+    assert len(list((tmp_path / "ac" / "trajectories").glob("*.mp4"))) == 4
+    assert set(results) == {"planner", "random", "oracle", "config"}
+    assert results["oracle"]["success_rate"] == 1.0 and results["oracle"]["mean_final_distance"] < 0.05
+    assert results["planner"]["actions"] >= 2 and (tmp_path / "plan" / "energy.png").stat().st_size > 0
+    assert plan.PlanConfig(env="fetch-push").cem().maxnorm == pytest.approx(0.033)

@@ -1,6 +1,12 @@
-"""Closed-loop planning on the built-in sim: V-JEPA 2-AC + CEM + receding-horizon MPC.
+"""Closed-loop planning: V-JEPA 2-AC + CEM + receding-horizon MPC, on the built-in sim or in Fetch.
 
     python -m vjepa_fast.plan                  # the reach task, end to end, on a CPU in a few minutes
+    python -m vjepa_fast.plan --env fetch-reach   # the same in gymnasium-robotics' Fetch (MuJoCo, the sim extra)
+
+In Fetch the predictor is trained on trajectories collected there first (vjepa_fast.collect,
+CACHE_DIR/trajectories), and the environment's scripted oracle is evaluated beside the planner
+and random actions (Reach: straight to the goal; Push: behind the object, then along the line
+to the goal).
 
 Without --checkpoint it uses CACHE_DIR/ac_predictor.pt, training one first with
 vjepa_fast.train_ac (sim trajectories, random-init tiny encoder) when it is missing. Then it runs
@@ -14,6 +20,7 @@ the gripper delta is fixed to 0, as reaching does not use it (Meta's axis={3: 0}
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,8 +29,10 @@ import torch
 from tqdm import tqdm
 
 from vjepa_fast.ac_model import ACConfig, ACPredictor, encode_frames
+from vjepa_fast.config import VJEPA2Config
 from vjepa_fast.model import VJEPA2Model
 from vjepa_fast.planner import CEMConfig, CEMPlanner, Episode, mpc_episode
+from vjepa_fast.worlds.fetch import FETCH_TASKS
 from vjepa_fast.worlds.sim import SimConfig, TabletopEnv
 from vjepa_fast.jobs import cli
 from vjepa_fast.jobs.train_ac import TrainACConfig, train
@@ -33,7 +42,11 @@ from vjepa_fast.jobs.train_ac import TrainACConfig, train
 class PlanConfig:
     checkpoint: str = field(default="", metadata={"help": "trained predictor (ac_predictor.pt from train_ac); empty: "
                                                           "CACHE_DIR/ac_predictor.pt, trained first if missing"})
-    cache_dir: str = field(default="outputs/ac", metadata={"help": "where the default predictor is trained and kept"})
+    env: str = field(default="tabletop", metadata={"help": "tabletop (the built-in reach sim) or a Fetch task: "
+                                                        + ", ".join(FETCH_TASKS)})
+    cache_dir: str = field(default="", metadata={"help": "where the default predictor is trained and kept (default "
+                                                        "outputs/ac, in Fetch outputs/ac-<env>)"})
+    collect_episodes: int = field(default=300, metadata={"help": "Fetch: trajectories collected to train a predictor"})
     train_steps: int = field(default=1200, metadata={"help": "optimizer steps when a predictor has to be trained"})
     out: str = field(default="outputs/plan", metadata={"help": "results.json, trajectory.png and energy.png go here"})
     episodes: int = field(default=20, metadata={"help": "episodes for the planner and for the random baseline each"})
@@ -50,14 +63,20 @@ class PlanConfig:
                                                             "bfloat16 (faster on GPUs and CPUs with AMX/AVX512-BF16)"})
 
     def __post_init__(self):
-        cli.check_fields(self, choices={"dtype": ("float32", "bfloat16")}, folders=("out", "cache_dir"))
+        if not self.cache_dir:
+            self.cache_dir = "outputs/ac" if self.env == "tabletop" else f"outputs/ac-{self.env}"
+        cli.check_fields(self, at_least_1=("collect_episodes",),
+                         choices={"dtype": ("float32", "bfloat16"), "env": ("tabletop", *FETCH_TASKS)},
+                         folders=("out", "cache_dir"))
         if self.episodes < 1 or self.max_steps < 1:
             raise ValueError(f"PlanConfig: episodes and max_steps must be >= 1, got {self.episodes}, {self.max_steps}")
         self.cem()  # the CEM settings' own checks, before any training or planning starts
 
     def cem(self) -> CEMConfig:
+        # Fetch realises at most 3.3 cm a step (its collected actions stay within that too).
+        maxnorm = self.maxnorm if self.env == "tabletop" else min(self.maxnorm, 0.05 * 0.66)
         return CEMConfig(horizon=self.horizon, samples=self.samples, top_k=self.top_k, iterations=self.iterations,
-                         maxnorm=self.maxnorm, momentum_mean=self.momentum_mean, momentum_std=self.momentum_std,
+                         maxnorm=maxnorm, momentum_mean=self.momentum_mean, momentum_std=self.momentum_std,
                          gripper_fixed=0.0)
 
 
@@ -68,8 +87,14 @@ def load_models(config: PlanConfig) -> tuple[ACPredictor, VJEPA2Model]:
             raise FileNotFoundError(f"--checkpoint {path}: no such file")
         print(f"no predictor at {path}: training one (python -m vjepa_fast.train_ac --out {config.cache_dir})")
         steps = config.train_steps
-        path = train(TrainACConfig(out=config.cache_dir, steps=steps, cooldown_steps=min(200, steps // 3),
-                                   warmup_steps=min(50, steps // 10 + 1)))
+        data_dir = ""
+        if config.env != "tabletop":
+            from vjepa_fast.jobs.collect import CollectConfig, collect
+            data_dir = str(Path(config.cache_dir) / "trajectories")
+            collect(CollectConfig(env=config.env, episodes=config.collect_episodes, frames=8,
+                                  image_size=VJEPA2Config.from_name("tiny").crop_size, out=data_dir))
+        path = train(TrainACConfig(out=config.cache_dir, data_dir=data_dir, steps=steps,
+                                   cooldown_steps=min(200, steps // 3), warmup_steps=min(50, steps // 10 + 1)))
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     predictor = ACPredictor.from_meta_checkpoint(path, ACConfig(**ckpt["ac_config"])).eval()
     bad = [name for name, p in predictor.named_parameters() if not torch.isfinite(p).all()]
@@ -129,27 +154,76 @@ def plot_energy(path: Path, episodes: list[Episode], top_k: int) -> None:
     plt.close(fig)
 
 
+def oracle_episode(env, seed: int) -> Episode:
+    """The environment's scripted oracle in Fetch, from the simulator's own positions. Reach: a
+    step straight to the goal; Push: over a point 5 cm behind the object on the line from the
+    goal, down, then along that line (re-aimed every step)."""
+    from vjepa_fast.worlds.fetch import MAX_DELTA, TRACKING
+    step = MAX_DELTA * TRACKING
+    obs, info = env.reset(seed)
+    u = env.env.unwrapped
+    ep = Episode(False, 0, [info["distance"]], [obs["image"]])
+    aligned, done = False, False
+    while not done:
+        start = time.perf_counter()
+        ee = obs["state"][:3]
+        if not u.has_object:
+            delta = u.goal - ee
+        else:
+            obj = u._utils.get_site_xpos(u.model, u.data, "object0").copy()
+            line = (u.goal - obj) * np.array([1.0, 1.0, 0.0])
+            line /= max(np.linalg.norm(line), 1e-6)
+            behind = obj - line * 0.05
+            aligned = aligned or np.linalg.norm((behind - ee)[:2]) < 0.01
+            if not aligned:  # keep above the object until behind it
+                delta = behind + np.array([0.0, 0.0, 0.05 if np.linalg.norm((behind - ee)[:2]) > 0.02 else 0.0]) - ee
+            else:
+                delta = line * min(step, np.linalg.norm((u.goal - obj)[:2])) + np.array([0.0, 0.0, obj[2] - ee[2]])
+        action = np.zeros(7)
+        action[:3] = np.clip(delta, -step, step)
+        ep.plan_seconds.append(time.perf_counter() - start)
+        obs, _, terminated, truncated, info = env.step(action)
+        ep.steps += 1
+        ep.distances.append(info["distance"])
+        ep.frames.append(obs["image"])
+        ep.success = bool(info["success"])
+        done = terminated or truncated
+    return ep
+
+
+def make_env(config: PlanConfig, image_size: int):
+    if config.env == "tabletop":
+        return TabletopEnv(SimConfig(task="reach", image_size=image_size, max_steps=config.max_steps))
+    from vjepa_fast.worlds.fetch import fetch_adapter
+    return fetch_adapter(config.env, image_size, config.max_steps)
+
+
 def run(config: PlanConfig) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     predictor, encoder = load_models(config)
     size = encoder.config.crop_size
-    env = TabletopEnv(SimConfig(task="reach", image_size=size, max_steps=config.max_steps))
+    env = make_env(config, size)
 
     def encode(frame: np.ndarray) -> torch.Tensor:
         return encode_frames(encoder.encoder, torch.from_numpy(frame)[None])[0]  # (P, D)
 
     planner = CEMPlanner(predictor, config.cem(), getattr(torch, config.dtype))
     results = {}
-    for name, agent in (("planner", planner), ("random", None)):
+    agents = [("planner", planner), ("random", None)] + ([("oracle", "oracle")] if config.env in
+                                                         ("fetch-reach", "fetch-push") else [])
+    for name, agent in agents:
         generator = torch.Generator().manual_seed(config.seed)
-        episodes = [mpc_episode(env, encode, agent, config.seed + i, generator)
+        episodes = [oracle_episode(env, config.seed + i) if agent == "oracle" else
+                    mpc_episode(env, encode, agent, config.seed + i, generator)
                     for i in tqdm(range(config.episodes), desc=f"{name} episodes")]
         results[name] = summarise(episodes)
-        if agent is not None:
+        if agent is planner:
             env.reset(config.seed)
             plot_trajectory(out / "trajectory.png", episodes[0], env.goal_image())
             plot_energy(out / "energy.png", episodes, config.top_k)
+    if hasattr(env, "close"):
+        env.close()
     results["config"] = asdict(config)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
@@ -158,7 +232,9 @@ def run(config: PlanConfig) -> dict:
 def main(argv: list[str] | None = None) -> None:
     config = cli.parse(PlanConfig, argv, PROG, __doc__)
     results = cli.run(run, config, PROG)
-    for name in ("planner", "random"):
+    for name in ("planner", "random", "oracle"):
+        if name not in results:
+            continue
         r = results[name]
         print(f"{name:8s} success {r['success_rate'] * 100:5.1f}%  steps {r['mean_steps']:.1f}  "
               f"final distance {r['mean_final_distance'] * 100:.1f} cm  {r['seconds_per_action'] * 1e3:.1f} ms/action")
