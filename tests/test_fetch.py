@@ -43,6 +43,9 @@ def test_frames_state_and_hidden_target():
     np.testing.assert_allclose(obs["state"][:3], grip, atol=1e-6)
     assert np.abs(obs["state"][3:6]).max() < 0.05  # Fetch holds its grasp orientation: near-zero Euler
     assert u.model.site_rgba[env.env.goals.target_site, 3] == 0.0
+    import mujoco
+    mocap = mujoco.mj_name2id(u.model, mujoco.mjtObj.mjOBJ_BODY, "robot0:mocap")
+    assert (u.model.geom_rgba[u.model.geom_bodyid == mocap, 3] == 0).all()  # no crosshair once the hand moves
     assert info["distance"] == pytest.approx(np.linalg.norm(u._utils.get_site_xpos(u.model, u.data, "object0") - u.goal),
                                              abs=1e-6)
 
@@ -75,6 +78,16 @@ def test_gripper_opens_and_closes_with_the_droid_delta():
         for _ in range(5):
             obs, *_ = env.step(np.array([0, 0, 0, 0, 0, 0, delta]))
         assert check(obs["state"][6]), (delta, obs["state"][6])
+
+
+@pytest.mark.parametrize("task", ["fetch-reach", "fetch-push"])
+def test_goal_configuration_puts_the_gripper_or_the_object_at_the_goal(task):
+    env = adapter(task)
+    env.reset(seed=1000)
+    u = env.env.unwrapped
+    env.env.goals.pose_goal(env.env)
+    where = u._utils.get_site_xpos(u.model, u.data, "object0" if u.has_object else "robot0:grip")
+    assert np.linalg.norm(where - u.goal) < 0.01, (where, u.goal)
 
 
 @pytest.mark.parametrize("task", ["fetch-reach", "fetch-push"])

@@ -12,7 +12,8 @@ DROID's convention. What the adapter adds to the environment (`pip install vjepa
   camera  closer than Fetch's default view: the table, the arm and the object at 256 px;
   goal    a frame of the scene in its goal configuration (Reach: the gripper at the goal, Push and
           PickAndPlace: the object at the goal), rendered and then the simulation restored exactly;
-          the red target marker is hidden in every frame (the goal is given as an image only);
+          the red target marker and the mocap crosshair are hidden in every frame (the goal is
+          given as an image only);
   info    "distance" (achieved to desired goal, metres) and "success" (the environment's own
           is_success), which the MPC loop reads.
 A user's own gymnasium environment plugs in the same way: three small functions and GymAdapter.
@@ -98,7 +99,30 @@ class FetchGoals:
         self.target_site = u._model_names.site_name2id["target0"]
 
     def hide_target(self) -> None:
-        self.env.unwrapped.model.site_rgba[self.target_site, 3] = 0.0
+        """Hides the target marker and the mocap body's green crosshair (drawn once it follows the hand)."""
+        import mujoco
+        model = self.env.unwrapped.model
+        model.site_rgba[self.target_site, 3] = 0.0
+        mocap = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "robot0:mocap")
+        model.geom_rgba[model.geom_bodyid == mocap, 3] = 0.0
+
+    def pose_goal(self, env) -> None:
+        """Puts the scene in its goal configuration: the object at the goal, at rest (Push,
+        PickAndPlace), or the gripper driven there by its mocap weld (Reach)."""
+        import mujoco
+        u = env.unwrapped
+        model, data = u.model, u.data
+        if u.has_object:
+            qpos = u._utils.get_joint_qpos(model, data, "object0:joint").copy()
+            qpos[:3] = u.goal
+            u._utils.set_joint_qpos(model, data, "object0:joint", qpos)
+            u._utils.set_joint_qvel(model, data, "object0:joint", np.zeros(6))
+            mujoco.mj_forward(model, data)
+        else:
+            u._utils.reset_mocap2body_xpos(model, data)  # the weld's target starts where the hand is
+            data.mocap_pos[0] += u.goal - u._utils.get_site_xpos(model, data, "robot0:grip")
+            for _ in range(20):
+                mujoco.mj_step(model, data, nstep=u.n_substeps)
 
     def goal_image(self, env) -> np.ndarray:
         """A frame of the scene in its goal configuration; the simulation state is restored after."""
@@ -108,17 +132,7 @@ class FetchGoals:
         saved = (data.qpos.copy(), data.qvel.copy(), data.mocap_pos.copy(), data.mocap_quat.copy(),
                  data.ctrl.copy(), data.act.copy() if model.na else None, data.time)
         try:
-            if u.has_object:  # the object at the goal, at rest
-                qpos = u._utils.get_joint_qpos(model, data, "object0:joint").copy()
-                qpos[:3] = u.goal
-                u._utils.set_joint_qpos(model, data, "object0:joint", qpos)
-                u._utils.set_joint_qvel(model, data, "object0:joint", np.zeros(6))
-                mujoco.mj_forward(model, data)
-            else:  # the gripper driven to the goal by its mocap weld
-                offset = u._utils.get_site_xpos(model, data, "robot0:grip") - data.mocap_pos[0]
-                data.mocap_pos[0] = u.goal - offset
-                for _ in range(20):
-                    mujoco.mj_step(model, data, nstep=u.n_substeps)
+            self.pose_goal(env)
             frame = np.asarray(env.render()).copy()
         finally:
             data.qpos[:], data.qvel[:], data.mocap_pos[:], data.mocap_quat[:], data.ctrl[:] = saved[:5]
