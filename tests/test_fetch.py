@@ -176,4 +176,7 @@ def test_plan_in_fetch_collects_trains_and_evaluates_three_agents(tmp_path):
     assert set(results) == {"planner", "random", "oracle", "config"}
     assert results["oracle"]["success_rate"] == 1.0 and results["oracle"]["mean_final_distance"] < 0.05
     assert results["planner"]["actions"] >= 2 and (tmp_path / "plan" / "energy.png").stat().st_size > 0
+    from torchcodec.decoders import VideoDecoder
+    video = VideoDecoder(str(tmp_path / "plan" / "episodes.mp4"))  # the two episodes, observation beside goal
+    assert video.metadata.width == 128 and video.metadata.height == 64 and len(video) >= 2 * 2 + 2
     assert plan.PlanConfig(env="fetch-push").cem().maxnorm == pytest.approx(0.033)

@@ -125,6 +125,7 @@ def test_plan_end_to_end(tmp_path, data_dir):
         assert 0.0 <= results[name]["success_rate"] <= 1.0 and results[name]["actions"] >= 2
     assert (tmp_path / "plan" / "trajectory.png").stat().st_size > 0
     assert (tmp_path / "plan" / "energy.png").stat().st_size > 0
+    assert (tmp_path / "plan" / "episodes.mp4").stat().st_size > 0
     assert json.loads((tmp_path / "plan" / "results.json").read_text())["config"]["episodes"] == 2
     state = torch.load(ckpt, weights_only=True)
     state["predictor"] = {k: torch.full_like(v, float("nan")) for k, v in state["predictor"].items()}

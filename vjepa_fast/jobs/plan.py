@@ -12,7 +12,8 @@ Without --checkpoint it uses CACHE_DIR/ac_predictor.pt, training one first with
 vjepa_fast.train_ac (sim trajectories, random-init tiny encoder) when it is missing. Then it runs
 EPISODES reach episodes with fixed seeds (episode i: env.reset(seed + i)) with the planner and
 with random actions, and writes to OUT: results.json, trajectory.png (the frames of the
-first planned episode and its goal) and energy.png (energy per CEM iteration).
+first planned episode and its goal), energy.png (energy per CEM iteration) and episodes.mp4 (the
+first three planned episodes, each frame beside its goal).
 
 CPU defaults: 100 samples, 5 iterations, horizon 2 (Meta: 400 samples, 10 iterations, horizon 2);
 the gripper delta is fixed to 0, as reaching does not use it (Meta's axis={3: 0}).
@@ -34,6 +35,7 @@ from vjepa_fast.model import VJEPA2Model
 from vjepa_fast.planner import CEMConfig, CEMPlanner, Episode, mpc_episode
 from vjepa_fast.worlds.fetch import FETCH_TASKS
 from vjepa_fast.worlds.sim import SimConfig, TabletopEnv
+from vjepa_fast.files import atomic_write
 from vjepa_fast.jobs import cli
 from vjepa_fast.jobs.train_ac import TrainACConfig, train
 
@@ -133,6 +135,19 @@ def plot_trajectory(path: Path, episode: Episode, goal: np.ndarray) -> None:
     plt.close(fig)
 
 
+def write_episodes_video(path: Path, episodes: list[Episode], goals: list[np.ndarray], fps: int = 2) -> None:
+    """An MP4 of the given episodes, each frame the observation beside its goal, episodes one
+    after the other (the last frame of each held for a second)."""
+    from torchcodec.encoders import VideoEncoder
+    frames = []
+    for episode, goal in zip(episodes, goals):
+        shown = [np.concatenate([frame, goal], axis=1) for frame in episode.frames]
+        frames += shown + [shown[-1]] * fps
+    video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()  # (T, 3, H, 2W)
+    mp4 = VideoEncoder(video, frame_rate=fps).to_tensor("mp4", codec="libx264", crf=18, pixel_format="yuv444p")
+    atomic_write(path, lambda p: Path(p).write_bytes(mp4.numpy().tobytes()))
+
+
 def plot_energy(path: Path, episodes: list[Episode], top_k: int) -> None:
     """Energy per CEM iteration, averaged over every plan of every episode: best sample and elites."""
     import matplotlib
@@ -219,9 +234,13 @@ def run(config: PlanConfig) -> dict:
                     for i in tqdm(range(config.episodes), desc=f"{name} episodes")]
         results[name] = summarise(episodes)
         if agent is planner:
-            env.reset(config.seed)
-            plot_trajectory(out / "trajectory.png", episodes[0], env.goal_image())
+            goals = []
+            for i in range(min(3, config.episodes)):
+                env.reset(config.seed + i)
+                goals.append(env.goal_image())
+            plot_trajectory(out / "trajectory.png", episodes[0], goals[0])
             plot_energy(out / "energy.png", episodes, config.top_k)
+            write_episodes_video(out / "episodes.mp4", episodes[:3], goals)
     if hasattr(env, "close"):
         env.close()
     results["config"] = asdict(config)
@@ -238,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         r = results[name]
         print(f"{name:8s} success {r['success_rate'] * 100:5.1f}%  steps {r['mean_steps']:.1f}  "
               f"final distance {r['mean_final_distance'] * 100:.1f} cm  {r['seconds_per_action'] * 1e3:.1f} ms/action")
-    print(f"wrote {config.out}/results.json, trajectory.png, energy.png")
+    print(f"wrote {config.out}/results.json, trajectory.png, energy.png, episodes.mp4")
 
 
 PROG = "python -m vjepa_fast.plan"
