@@ -27,7 +27,7 @@ def test_plan_latency(benchmark, provider, horizon):
     torch.manual_seed(0)
     ac = ACConfig.from_name("ac-tiny")
     model = ACPredictor(ac).eval().to(device)
-    cem = CEMConfig(horizon=horizon, samples=100, top_k=10, iterations=5, gripper_fixed=0.0)
+    cem = CEMConfig(horizon=horizon, samples=100, top_k=10, iterations=5, fixed={6: 0.0})
     z = F.layer_norm(torch.randn(ac.tokens_per_frame, ac.enc_dim, device=device), (ac.enc_dim,))
     goal = F.layer_norm(torch.randn(ac.tokens_per_frame, ac.enc_dim, device=device), (ac.enc_dim,))
     state = torch.rand(7, device=device)

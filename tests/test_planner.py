@@ -38,7 +38,7 @@ def test_advance_poses_matches_per_sample_python():
     assert (fast[:5, 6] == 1).all()
 
 
-def setup(gripper_fixed=None, horizon=3):
+def setup(fixed=None, horizon=3):
     c = ACConfig(enc_dim=48, hidden_size=64, depth=2, num_heads=2, grid_h=3, grid_w=2)
     model = ACPredictor(c).eval()
     for p in model.parameters():  # sharper random weights so energies spread out
@@ -46,13 +46,14 @@ def setup(gripper_fixed=None, horizon=3):
     z = F.layer_norm(torch.randn(c.tokens_per_frame, c.enc_dim), (c.enc_dim,))
     goal = F.layer_norm(torch.randn(c.tokens_per_frame, c.enc_dim), (c.enc_dim,))
     state = random_poses(1)[0].float()
-    cem = CEMConfig(horizon=horizon, samples=24, top_k=5, iterations=3, gripper_fixed=gripper_fixed)
+    cem = CEMConfig(horizon=horizon, samples=24, top_k=5, iterations=3, fixed=fixed or {})
     return model, z, goal, state, cem
 
 
-@pytest.mark.parametrize("gripper_fixed,horizon", [(None, 3), (0.0, 1), (None, 2)])
-def test_fast_planner_equals_reference(gripper_fixed, horizon):
-    model, z, goal, state, cem = setup(gripper_fixed, horizon)
+@pytest.mark.parametrize("fixed,horizon", [(None, 3), ({6: 0.0}, 1), (None, 2), ({2: 0.01, 6: 0.5}, 2)])
+def test_fast_planner_equals_reference(fixed, horizon):
+    """Both planners, the same noise; `fixed` holds action dimensions at values (Meta's axis)."""
+    model, z, goal, state, cem = setup(fixed, horizon)
     noise = draw_noise(cem, torch.Generator().manual_seed(3))
     fast = CEMPlanner(model, cem).plan(z, state, goal, noise=noise)
     ref = plan_reference(model, z, state, goal, cem, noise)
@@ -63,8 +64,8 @@ def test_fast_planner_equals_reference(gripper_fixed, horizon):
         assert pick(fast.energies) == pick(ref.energies)
     torch.testing.assert_close(fast.actions, ref.actions, atol=1e-5, rtol=1e-5)
     assert (fast.actions[:, 3:6] == 0).all()
-    if gripper_fixed is not None:
-        assert (fast.actions[:, 6] == gripper_fixed).all()
+    for d, value in (fixed or {}).items():
+        torch.testing.assert_close(fast.actions[:, d], torch.full((horizon,), value))
     # The plan moved away from the initial mean: CEM did something.
     assert fast.actions[:, :3].abs().max() > 1e-4
 

@@ -108,6 +108,8 @@ def test_cli_maps_onto_config():
     (TrainACConfig, ["--lr", "-1"], "lr must be > 0"),
     (TrainACConfig, ["--warmup-steps", "-2"], r"--warmup-steps \(-2\) and --cooldown-steps \(200\) must be >= 0"),
     (plan.PlanConfig, ["--samples", "5", "--top-k", "10"], r"top_k must be in \[2, samples=5\]"),
+    (plan.PlanConfig, ["--fix", "4=0.1"], r"CEMConfig.fixed must map action dimensions 0, 1, 2 \(xyz\) or 6"),
+    (plan.PlanConfig, ["--fix", "gripper"], r"--fix must be index=value pairs"),
 ])
 def test_bad_flags_are_usage_errors(capsys, cls, argv, message):
     """Rejected before any work starts, as an argparse error (exit 2) naming the field."""

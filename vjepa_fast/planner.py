@@ -49,7 +49,9 @@ class CEMConfig:
     momentum_mean_gripper: float = 0.15
     momentum_std_gripper: float = 0.15
     gripper_threshold: float = 0.25   # planned gripper deltas with |g| below this become 0
-    gripper_fixed: float | None = None  # fix the gripper delta to this value (Meta's axis={3: value})
+    # Action dimensions held at a value, {index: value} over the 7-d action (0-2 xyz, 6 gripper);
+    # Meta's axis={3: v} (its 4-d xyz + gripper) is {6: v}. Rotation deltas (3-5) are always 0.
+    fixed: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self):
         for name in ("horizon", "samples", "top_k", "iterations"):
@@ -61,6 +63,10 @@ class CEMConfig:
                              f"two elites), got {self.top_k}")
         if self.maxnorm <= 0 or self.gripper_max < 0 or self.gripper_std < 0:
             raise ValueError("CEMConfig: maxnorm must be > 0, gripper_max and gripper_std >= 0")
+        bad = [d for d in self.fixed if d not in (0, 1, 2, GRIPPER)]
+        if bad or not all(math.isfinite(v) for v in self.fixed.values()):
+            raise ValueError(f"CEMConfig.fixed must map action dimensions 0, 1, 2 (xyz) or 6 (gripper) to finite "
+                             f"values, got {self.fixed}")
 
     def per_dimension(self) -> dict[str, Tensor]:
         """The (7,) vectors cem_update takes: initial mean/std, momenta, bounds. A fixed dimension
@@ -70,8 +76,8 @@ class CEMConfig:
         high = torch.tensor([m, m, m, 0, 0, 0, g])
         mean = torch.zeros(ACTION_DIM)
         std = torch.tensor([m, m, m, 0, 0, 0, self.gripper_std])
-        if self.gripper_fixed is not None:
-            low[GRIPPER] = high[GRIPPER] = mean[GRIPPER] = self.gripper_fixed
+        for d, value in self.fixed.items():
+            low[d] = high[d] = mean[d] = value
         mm, ms = self.momentum_mean, self.momentum_std
         return dict(low=low, high=high, mean=mean, std=std,
                     momentum_mean=torch.tensor([mm] * 6 + [self.momentum_mean_gripper]),
@@ -227,8 +233,8 @@ def plan_reference(predictor: ACPredictor, z: Tensor, state: Tensor, goal: Tenso
     keep = [0, 1, 2, GRIPPER]
     mean = torch.zeros(H, 4)
     std = torch.cat((torch.full((H, 3), c.maxnorm), torch.full((H, 1), c.gripper_std)), dim=1)
-    if c.gripper_fixed is not None:
-        mean[:, 3] = c.gripper_fixed
+    for d, value in c.fixed.items():
+        mean[:, keep.index(d)] = value
     goal_flat = goal.float().flatten()
     energies = []
     for i in range(c.iterations):
@@ -237,8 +243,8 @@ def plan_reference(predictor: ACPredictor, z: Tensor, state: Tensor, goal: Tenso
             a = noise[i][:, h, keep] * std[h] + mean[h]  # (N, 4)
             a[:, :3] = a[:, :3].clip(-c.maxnorm, c.maxnorm)
             a[:, 3:] = a[:, 3:].clip(-c.gripper_max, c.gripper_max)
-            if c.gripper_fixed is not None:
-                a[:, 3] = c.gripper_fixed
+            for d, value in c.fixed.items():
+                a[:, keep.index(d)] = value
             a = torch.cat((a[:, :3], torch.zeros(N, 3), a[:, 3:]), dim=1)[:, None]  # (N, 1, 7)
             actions = a if actions is None else torch.cat((actions, a), dim=1)
             out = predictor(frames.flatten(1, 2), actions, poses)[:, -P:]  # the whole prefix again

@@ -16,7 +16,7 @@ first planned episode and its goal), energy.png (energy per CEM iteration) and e
 first three planned episodes, each frame beside its goal).
 
 CPU defaults: 100 samples, 5 iterations, horizon 2 (Meta: 400 samples, 10 iterations, horizon 2);
-the gripper delta is fixed to 0, as reaching does not use it (Meta's axis={3: 0}).
+the gripper delta is fixed to 0 (--fix 6=0), as reaching does not use it (Meta's axis={3: 0}).
 """
 from __future__ import annotations
 
@@ -61,6 +61,8 @@ class PlanConfig:
     maxnorm: float = field(default=0.05, metadata={"help": "bound and initial std of the xyz deltas (metres)"})
     momentum_mean: float = field(default=0.15, metadata={"help": "CEM momentum of the mean"})
     momentum_std: float = field(default=0.15, metadata={"help": "CEM momentum of the std"})
+    fix: str = field(default="6=0", metadata={"help": "action dimensions the planner holds, index=value pairs (0-2 "
+                                                   "xyz, 6 gripper; Meta's axis={3: 0} is 6=0); empty: none"})
     dtype: str = field(default="float32", metadata={"help": "predictor compute dtype while planning: float32 or "
                                                             "bfloat16 (faster on GPUs and CPUs with AMX/AVX512-BF16)"})
 
@@ -79,7 +81,15 @@ class PlanConfig:
         maxnorm = self.maxnorm if self.env == "tabletop" else min(self.maxnorm, 0.05 * 0.66)
         return CEMConfig(horizon=self.horizon, samples=self.samples, top_k=self.top_k, iterations=self.iterations,
                          maxnorm=maxnorm, momentum_mean=self.momentum_mean, momentum_std=self.momentum_std,
-                         gripper_fixed=0.0)
+                         fixed=self.fixed_dims())
+
+    def fixed_dims(self) -> dict[int, float]:
+        """--fix "index=value,..." as the planner's {dimension: value}."""
+        try:
+            return {int(d): float(v) for d, v in (item.split("=") for item in self.fix.split(",") if item.strip())}
+        except ValueError:
+            raise ValueError(f"--fix must be index=value pairs separated by commas (e.g. 6=0 or 2=0,6=0), "
+                             f"got {self.fix!r}") from None
 
 
 def load_models(config: PlanConfig) -> tuple[ACPredictor, VJEPA2Model]:
