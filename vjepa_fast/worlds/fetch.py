@@ -55,7 +55,10 @@ def make_fetch_env(task: str, image_size: int = 256):
     # FFmpeg's libraries (torchcodec, which writes the trajectories and episode videos) must be
     # loaded before MuJoCo's OSMesa renderer: loaded after it, the process crashes (a clash
     # between their shared libraries).
-    import torchcodec.encoders  # noqa: F401
+    try:
+        import torchcodec.encoders  # noqa: F401
+    except ImportError:
+        pass  # nothing will write video then
     try:
         import gymnasium as gym
         import gymnasium_robotics
