@@ -38,7 +38,7 @@ def test_advance_poses_matches_per_sample_python():
     assert (fast[:5, 6] == 1).all()
 
 
-def setup(fixed=None, horizon=3):
+def setup(fixed=None, horizon=3, close_gripper=None):
     c = ACConfig(enc_dim=48, hidden_size=64, depth=2, num_heads=2, grid_h=3, grid_w=2)
     model = ACPredictor(c).eval()
     for p in model.parameters():  # sharper random weights so energies spread out
@@ -46,14 +46,17 @@ def setup(fixed=None, horizon=3):
     z = F.layer_norm(torch.randn(c.tokens_per_frame, c.enc_dim), (c.enc_dim,))
     goal = F.layer_norm(torch.randn(c.tokens_per_frame, c.enc_dim), (c.enc_dim,))
     state = random_poses(1)[0].float()
-    cem = CEMConfig(horizon=horizon, samples=24, top_k=5, iterations=3, fixed=fixed or {})
+    cem = CEMConfig(horizon=horizon, samples=24, top_k=5, iterations=3, fixed=fixed or {}, close_gripper=close_gripper)
     return model, z, goal, state, cem
 
 
-@pytest.mark.parametrize("fixed,horizon", [(None, 3), ({6: 0.0}, 1), (None, 2), ({2: 0.01, 6: 0.5}, 2)])
-def test_fast_planner_equals_reference(fixed, horizon):
-    """Both planners, the same noise; `fixed` holds action dimensions at values (Meta's axis)."""
-    model, z, goal, state, cem = setup(fixed, horizon)
+@pytest.mark.parametrize("fixed,horizon,close_gripper", [(None, 3, None), ({6: 0.0}, 1, None), (None, 2, None),
+                                                          ({2: 0.01, 6: 0.5}, 2, None), ({6: 0.0}, 3, 1),
+                                                          (None, 2, 0)])
+def test_fast_planner_equals_reference(fixed, horizon, close_gripper):
+    """Both planners, the same noise; `fixed` holds action dimensions at values (Meta's axis),
+    close_gripper forces the gripper delta to 1 from that rollout step on, over `fixed`."""
+    model, z, goal, state, cem = setup(fixed, horizon, close_gripper)
     noise = draw_noise(cem, torch.Generator().manual_seed(3))
     fast = CEMPlanner(model, cem).plan(z, state, goal, noise=noise)
     ref = plan_reference(model, z, state, goal, cem, noise)
@@ -64,8 +67,12 @@ def test_fast_planner_equals_reference(fixed, horizon):
         assert pick(fast.energies) == pick(ref.energies)
     torch.testing.assert_close(fast.actions, ref.actions, atol=1e-5, rtol=1e-5)
     assert (fast.actions[:, 3:6] == 0).all()
+    free = slice(0, horizon if close_gripper is None else close_gripper)
     for d, value in (fixed or {}).items():
-        torch.testing.assert_close(fast.actions[:, d], torch.full((horizon,), value))
+        torch.testing.assert_close(fast.actions[free, d], torch.full((free.stop,), value))
+    if close_gripper is not None:  # every elite closed there: the mean went to 1 with momentum 0.15
+        torch.testing.assert_close(fast.actions[close_gripper:, 6], torch.full((horizon - close_gripper,),
+                                                                               1 - 0.15 ** cem.iterations))
     # The plan moved away from the initial mean: CEM did something.
     assert fast.actions[:, :3].abs().max() > 1e-4
 
@@ -97,6 +104,8 @@ def test_bad_inputs():
         CEMConfig(horizon=0)
     with pytest.raises(ValueError, match="top_k"):
         CEMConfig(samples=8, top_k=9)
+    with pytest.raises(ValueError, match="close_gripper"):
+        CEMConfig(horizon=2, close_gripper=2)
     with pytest.raises(ValueError, match="goal features"):
         planner.plan(z, state, goal[:-1])
     with pytest.raises(ValueError, match="state must be"):

@@ -110,6 +110,7 @@ def test_cli_maps_onto_config():
     (plan.PlanConfig, ["--samples", "5", "--top-k", "10"], r"top_k must be in \[2, samples=5\]"),
     (plan.PlanConfig, ["--fix", "4=0.1"], r"CEMConfig.fixed must map action dimensions 0, 1, 2 \(xyz\) or 6"),
     (plan.PlanConfig, ["--fix", "gripper"], r"--fix must be index=value pairs"),
+    (plan.PlanConfig, ["--close-gripper", "2"], r"close_gripper must be None or a rollout step in \[0, horizon=2\)"),
 ])
 def test_bad_flags_are_usage_errors(capsys, cls, argv, message):
     """Rejected before any work starts, as an argparse error (exit 2) naming the field."""

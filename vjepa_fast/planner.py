@@ -6,7 +6,9 @@ and `gripper_std` for the gripper; each iteration samples N sequences around (me
 xyz to +-maxnorm and the gripper to +-gripper_max, fills the rotation deltas with 0, rolls the
 predictor out, keeps the top_k lowest energies and refits mean and std with momentum (separate
 momenta for xyz and the gripper). The plan is the final mean, gripper entries with |g| below
-`gripper_threshold` set to 0. MPC executes its first action, observes, and plans again.
+`gripper_threshold` set to 0. `fixed` dimensions are sampled at their value only (Meta's axis),
+and from rollout step `close_gripper` on the gripper delta is 1 (Meta's close_gripper). MPC
+executes its first action, observes, and plans again.
 
 Two implementations of the same maths:
   CEMPlanner.plan    all N samples in one batch, the predictor stepped with a key/value cache
@@ -52,6 +54,9 @@ class CEMConfig:
     # Action dimensions held at a value, {index: value} over the 7-d action (0-2 xyz, 6 gripper);
     # Meta's axis={3: v} (its 4-d xyz + gripper) is {6: v}. Rotation deltas (3-5) are always 0.
     fixed: dict[int, float] = field(default_factory=dict)
+    # Rollout steps h >= close_gripper sample only the gripper delta 1.0 (close), over `fixed` and
+    # gripper_max: Meta's close_gripper, for plans that must hold an object. None: never forced.
+    close_gripper: int | None = None
 
     def __post_init__(self):
         for name in ("horizon", "samples", "top_k", "iterations"):
@@ -67,6 +72,10 @@ class CEMConfig:
         if bad or not all(math.isfinite(v) for v in self.fixed.values()):
             raise ValueError(f"CEMConfig.fixed must map action dimensions 0, 1, 2 (xyz) or 6 (gripper) to finite "
                              f"values, got {self.fixed}")
+        cg = self.close_gripper
+        if cg is not None and (not isinstance(cg, int) or isinstance(cg, bool) or not 0 <= cg < self.horizon):
+            raise ValueError(f"CEMConfig.close_gripper must be None or a rollout step in [0, horizon={self.horizon}), "
+                             f"got {cg!r}")
 
     def per_dimension(self) -> dict[str, Tensor]:
         """The (7,) vectors cem_update takes: initial mean/std, momenta, bounds. A fixed dimension
@@ -82,6 +91,12 @@ class CEMConfig:
         return dict(low=low, high=high, mean=mean, std=std,
                     momentum_mean=torch.tensor([mm] * 6 + [self.momentum_mean_gripper]),
                     momentum_std=torch.tensor([ms] * 6 + [self.momentum_std_gripper]))
+
+    def close(self, actions: Tensor) -> Tensor:
+        """(N, H, 7) sampled actions with the gripper delta set to 1 from step close_gripper on."""
+        if self.close_gripper is not None:
+            actions[:, self.close_gripper:, GRIPPER] = 1.0
+        return actions
 
 
 @dataclass
@@ -199,7 +214,7 @@ class CEMPlanner:
         mean = v["mean"].expand(c.horizon, -1).clone()  # (H, 7)
         std = v["std"].expand(c.horizon, -1).clone()
         noise = noise.to(z.device)
-        actions = torch.clamp(mean + std * noise[0], v["low"], v["high"])  # (N, H, 7)
+        actions = c.close(torch.clamp(mean + std * noise[0], v["low"], v["high"]))  # (N, H, 7)
         energies = []
         for i in range(c.iterations):
             preds = self.rollout(z, state, actions)
@@ -207,6 +222,7 @@ class CEMPlanner:
             nxt = noise[i + 1] if i + 1 < c.iterations else torch.zeros_like(noise[0])
             e, mean, std, actions = cem_update(preds, goal, nxt, actions, mean, std, c.top_k, v["momentum_mean"],
                                                v["momentum_std"], v["low"], v["high"])
+            actions = c.close(actions)
             energies.append(e)
         return PlanResult(final_actions(mean, c), torch.stack(energies))
 
@@ -246,6 +262,8 @@ def plan_reference(predictor: ACPredictor, z: Tensor, state: Tensor, goal: Tenso
             for d, value in c.fixed.items():
                 a[:, keep.index(d)] = value
             a = torch.cat((a[:, :3], torch.zeros(N, 3), a[:, 3:]), dim=1)[:, None]  # (N, 1, 7)
+            if c.close_gripper is not None and h >= c.close_gripper:
+                a[:, :, -1] = 1.0
             actions = a if actions is None else torch.cat((actions, a), dim=1)
             out = predictor(frames.flatten(1, 2), actions, poses)[:, -P:]  # the whole prefix again
             nxt = F.layer_norm(out, (out.shape[-1],))[:, None]

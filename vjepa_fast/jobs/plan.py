@@ -63,6 +63,9 @@ class PlanConfig:
     momentum_std: float = field(default=0.15, metadata={"help": "CEM momentum of the std"})
     fix: str = field(default="6=0", metadata={"help": "action dimensions the planner holds, index=value pairs (0-2 "
                                                    "xyz, 6 gripper; Meta's axis={3: 0} is 6=0); empty: none"})
+    close_gripper: int | None = field(default=None, metadata={"help": "rollout step from which every sampled plan "
+                                                                      "closes the gripper (delta 1, over --fix); "
+                                                                      "Meta's close_gripper. Unset: never"})
     dtype: str = field(default="float32", metadata={"help": "predictor compute dtype while planning: float32 or "
                                                             "bfloat16 (faster on GPUs and CPUs with AMX/AVX512-BF16)"})
 
@@ -81,7 +84,7 @@ class PlanConfig:
         maxnorm = self.maxnorm if self.env == "tabletop" else min(self.maxnorm, 0.05 * 0.66)
         return CEMConfig(horizon=self.horizon, samples=self.samples, top_k=self.top_k, iterations=self.iterations,
                          maxnorm=maxnorm, momentum_mean=self.momentum_mean, momentum_std=self.momentum_std,
-                         fixed=self.fixed_dims())
+                         fixed=self.fixed_dims(), close_gripper=self.close_gripper)
 
     def fixed_dims(self) -> dict[int, float]:
         """--fix "index=value,..." as the planner's {dimension: value}."""
