@@ -131,7 +131,7 @@ def summarise(episodes: list[Episode]) -> dict:
             "seconds_per_action": float(np.mean(seconds)), "actions": len(seconds)}
 
 
-def plot_trajectory(path: Path, episode: Episode, goal: np.ndarray) -> None:
+def plot_trajectory(path: Path, episode: Episode, goal: np.ndarray, task: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -142,7 +142,7 @@ def plot_trajectory(path: Path, episode: Episode, goal: np.ndarray) -> None:
         ax.set_axis_off()
         last = i == len(frames) - 1
         ax.set_title("goal" if last else f"t={i}\n{episode.distances[i] * 100:.1f} cm", fontsize=7)
-    fig.suptitle(f"planned reach episode: {'success' if episode.success else 'failure'} in {episode.steps} steps", fontsize=8)
+    fig.suptitle(f"planned {task} episode: {'success' if episode.success else 'failure'} in {episode.steps} steps", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -251,7 +251,7 @@ def run(config: PlanConfig) -> dict:
             for i in range(min(3, config.episodes)):
                 env.reset(config.seed + i)
                 goals.append(env.goal_image())
-            plot_trajectory(out / "trajectory.png", episodes[0], goals[0])
+            plot_trajectory(out / "trajectory.png", episodes[0], goals[0], config.env)
             plot_energy(out / "energy.png", episodes, config.top_k)
             write_episodes_video(out / "episodes.mp4", episodes[:3], goals)
     if hasattr(env, "close"):
