@@ -440,9 +440,14 @@ class LaunchConfig:
     - dkdv (sm_90; older GPUs train on the reference): 128 keys held with their dk, dv, looping
       over 64 queries, 8 warps, 1 stage; hd 80 64 keys over 32 queries, 4 warps.
     - dq: 128 queries held, looping over 64 keys, 8 warps, 2 stages.
+    Per sequence length: `short` (see `short_grid`) marks a launch whose grid of 128-row tiles is
+    under one wave of the GPU's SMs (few sequences, or short ones such as the AC predictor's
+    258-token steps); a held tile of 128 rows (fwd, dq: queries; dkdv: keys) is then halved to
+    64 with 4 warps (one warpgroup, wgmma m64): twice the programs, and less of the last tile
+    wasted on padding (258 tokens: 320 rows computed instead of 384).
     """
 
-    def __init__(self, head_dim: int, dtype: torch.dtype, kernel: str, arch: int = 90):
+    def __init__(self, head_dim: int, dtype: torch.dtype, kernel: str, arch: int = 90, short: bool = False):
         self.kernel = kernel
         self.d_lo = 1 << (head_dim.bit_length() - 1)  # largest power of two <= head_dim
         rest = head_dim - self.d_lo
@@ -468,6 +473,9 @@ class LaunchConfig:
             tiles = (128, 64, 8, 2)
         else:
             raise ValueError(f"LaunchConfig: kernel must be 'rotate', 'fwd', 'dkdv' or 'dq', got {kernel!r}")
+        held = 1 if kernel == "dkdv" else 0  # the dimension a program keeps: keys in dkdv, else queries
+        if short and kernel != "rotate" and tiles[held] == 128:
+            tiles = tuple(64 if i == held else t // 2 if i == 2 else t for i, t in enumerate(tiles))
         self.block_m, self.block_n, self.num_warps, self.num_stages = tiles
 
     def constexprs(self, head_dim: int, tile: bool, causal: bool, fast_trig: bool) -> dict:
@@ -478,6 +486,21 @@ class LaunchConfig:
         tiles = dict(HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION=self.dot_precision, BLOCK_M=self.block_m,
                      BLOCK_N=self.block_n, D_LO=self.d_lo, D_HI=self.d_hi)
         return tiles if self.kernel == "fwd" else rope | tiles
+
+
+FULL_TILE = 128  # rows of the held tile by default
+
+
+def multiprocessors(x: torch.Tensor) -> int:
+    """SMs of x's GPU; off a GPU (the interpreter) 132, an H100's, so the interpreter walks the
+    tiles an H100 would for the same shapes."""
+    return torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 132
+
+
+def short_grid(slices: int, n: int, x: torch.Tensor) -> bool:
+    """Whether `slices` (batch x heads) sequences of n held rows, in 128-row tiles, make fewer
+    programs than x's GPU has SMs (the tile choice per sequence length, see LaunchConfig)."""
+    return slices * triton.cdiv(n, FULL_TILE) < multiprocessors(x)
 
 
 def _positions(pos: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -536,7 +559,7 @@ def rope_attention_fwd(q, k, v, q_pos, k_pos, tile: bool, causal_block: int) -> 
     q_rot, k_rot = rotate(q, q_pos, tile), rotate(k, k_pos, tile)
     o = torch.empty((B, H, n_q, hd), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, n_q), device=q.device, dtype=torch.float32)
-    cfg = LaunchConfig(hd, q.dtype, "fwd", _arch(q))
+    cfg = LaunchConfig(hd, q.dtype, "fwd", _arch(q), short_grid(B * H, n_q, q))
     wrap_triton(_fwd_kernel)[(triton.cdiv(n_q, cfg.block_m), B * H)](
         q_rot, k_rot, v, o, lse, v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
         H, n_q, n_k, max(causal_block, 1), hd**-0.5 * LOG2E,
@@ -561,7 +584,8 @@ def rope_attention_bwd(do, q, k, v, o, lse, q_pos, k_pos, tile: bool,
     scalars = (H, n_q, n_k, max(causal_block, 1), hd**-0.5 * LOG2E, hd**-0.5)
     inputs = (q_rot, k_rot, v, do, lse, delta)
     strides = (v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
-    kv_cfg, q_cfg = LaunchConfig(hd, q.dtype, "dkdv"), LaunchConfig(hd, q.dtype, "dq")
+    kv_cfg = LaunchConfig(hd, q.dtype, "dkdv", short=short_grid(B * H, n_k, q))
+    q_cfg = LaunchConfig(hd, q.dtype, "dq", short=short_grid(B * H, n_q, q))
     wrap_triton(_bwd_dkdv_kernel)[(triton.cdiv(n_k, kv_cfg.block_n), B * H)](
         *inputs, k_pos, dk, dv, *strides, dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2), kpb, *scalars,

@@ -87,16 +87,46 @@ INTERPRETER_CASES = [
 ]
 
 
+@pytest.mark.parametrize("grid", ["short", "full"])
 @pytest.mark.parametrize("dtype,floor", [(torch.float32, 1e-5), (torch.float16, 2e-3)])
 @pytest.mark.parametrize("case", INTERPRETER_CASES, ids=str)
-def test_kernel_matches_reference(case, dtype, floor):
+def test_kernel_matches_reference(case, dtype, floor, grid, monkeypatch):
+    """Both tilings: these shapes fill less than a wave of an H100 (64-row held tiles); with
+    one SM ("full") they take the default 128-row tiles."""
     if not kernels.interpreting():
         pytest.skip("the interpreter test runs with TRITON_INTERPRET=1 (tests/conftest.py)")
+    if grid == "full":
+        monkeypatch.setattr(kernels, "multiprocessors", lambda x: 1)
+    launched = []
+
+    class Recorded(kernels.LaunchConfig):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            launched.append(self)
+
+    monkeypatch.setattr(kernels, "LaunchConfig", Recorded)
     q, k, v, q_pos, k_pos = _inputs(case, dtype)
     do = torch.randn_like(q)
     out, lse = kernels.rope_attention_fwd(q, k, v, q_pos, k_pos, case.mode == "tile", case.causal_block)
     grads = kernels.rope_attention_bwd(do, q, k, v, out, lse, q_pos, k_pos, case.mode == "tile", case.causal_block)
+    held = {c.kernel: c.block_n if c.kernel == "dkdv" else c.block_m for c in launched if c.kernel != "rotate"}
+    full = 64 if case.head_dim == 80 else 128  # dkdv at hd 80 holds 64 keys in either grid
+    assert held == ({"fwd": 64, "dkdv": 64, "dq": 64} if grid == "short" else {"fwd": 128, "dkdv": full, "dq": 128})
     _check_against_oracle(out, grads, q, k, v, q_pos, k_pos, case, do, floor)
+
+
+def test_tiles_per_sequence_length():
+    """Held tiles of 128 rows halve (4 warps) where the default grid is under one wave of SMs:
+    AC predictor steps of 258 tokens at batch 1; a ViT-L clip of 8192 tokens keeps 128 rows."""
+    x = torch.empty(0)  # off a GPU: an H100's 132 SMs
+    assert kernels.short_grid(16, 258, x) and not kernels.short_grid(16, 8192, x)
+    assert not kernels.short_grid(400 * 16, 258, x)  # planning: 400 samples at once
+    for kernel, held in (("fwd", "block_m"), ("dq", "block_m"), ("dkdv", "block_n")):
+        wide, short = (kernels.LaunchConfig(64, torch.bfloat16, kernel, 90, s) for s in (False, True))
+        assert (getattr(wide, held), getattr(short, held)) == (128, 64), kernel
+        assert (wide.num_warps, short.num_warps) == (8, 4), kernel
+    chunked = kernels.LaunchConfig(80, torch.bfloat16, "dkdv", 90, True)  # 64 keys already: unchanged
+    assert (chunked.block_m, chunked.block_n, chunked.num_warps) == (32, 64, 4)
 
 
 def test_kernel_takes_strided_inputs():
