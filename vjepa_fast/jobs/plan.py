@@ -49,7 +49,9 @@ class PlanConfig:
     cache_dir: str = field(default="", metadata={"help": "where the default predictor is trained and kept (default "
                                                         "outputs/ac, in Fetch outputs/ac-<env>)"})
     collect_episodes: int = field(default=300, metadata={"help": "Fetch: trajectories collected to train a predictor"})
-    train_steps: int = field(default=1200, metadata={"help": "optimizer steps when a predictor has to be trained"})
+    train_steps: int | None = field(default=None, metadata={"help": "optimizer steps when a predictor has to be "
+                                                                    "trained (default 1200 on the tabletop, 2400 in "
+                                                                    "Fetch)"})
     out: str = field(default="outputs/plan", metadata={"help": "results.json, trajectory.png and energy.png go here"})
     episodes: int = field(default=20, metadata={"help": "episodes for the planner and for the random baseline each"})
     seed: int = field(default=1000, metadata={"help": "episode i uses env.reset(seed + i); planning noise is seeded too"})
@@ -72,7 +74,9 @@ class PlanConfig:
     def __post_init__(self):
         if not self.cache_dir:
             self.cache_dir = "outputs/ac" if self.env == "tabletop" else f"outputs/ac-{self.env}"
-        cli.check_fields(self, at_least_1=("collect_episodes",),
+        if self.train_steps is None:
+            self.train_steps = 1200 if self.env == "tabletop" else 2400
+        cli.check_fields(self, at_least_1=("collect_episodes", "train_steps"),
                          choices={"dtype": ("float32", "bfloat16"), "env": ("tabletop", *FETCH_TASKS)},
                          folders=("out", "cache_dir"))
         if self.episodes < 1 or self.max_steps < 1:
