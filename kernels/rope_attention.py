@@ -427,6 +427,9 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, QPOS, DQ,
                                                                         D_HI, SEG, TILE, FAST_TRIG))
 
 
+FULL_TILE = 128  # rows of a held tile that a short grid halves
+
+
 class LaunchConfig:
     """Tile sizes and flags the launcher picks for one (head_dim, dtype, kernel, GPU architecture),
     kernel one of "rotate", "fwd", "dkdv", "dq"; the AOT test (tests/test_aot_compile.py) compiles
@@ -474,8 +477,8 @@ class LaunchConfig:
         else:
             raise ValueError(f"LaunchConfig: kernel must be 'rotate', 'fwd', 'dkdv' or 'dq', got {kernel!r}")
         held = 1 if kernel == "dkdv" else 0  # the dimension a program keeps: keys in dkdv, else queries
-        if short and kernel != "rotate" and tiles[held] == 128:
-            tiles = tuple(64 if i == held else t // 2 if i == 2 else t for i, t in enumerate(tiles))
+        if short and kernel != "rotate" and tiles[held] == FULL_TILE:
+            tiles = tuple(t // 2 if i in (held, 2) else t for i, t in enumerate(tiles))  # rows and warps
         self.block_m, self.block_n, self.num_warps, self.num_stages = tiles
 
     def constexprs(self, head_dim: int, tile: bool, causal: bool, fast_trig: bool) -> dict:
@@ -486,9 +489,6 @@ class LaunchConfig:
         tiles = dict(HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION=self.dot_precision, BLOCK_M=self.block_m,
                      BLOCK_N=self.block_n, D_LO=self.d_lo, D_HI=self.d_hi)
         return tiles if self.kernel == "fwd" else rope | tiles
-
-
-FULL_TILE = 128  # rows of the held tile by default
 
 
 def multiprocessors(x: torch.Tensor) -> int:
