@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from safetensors import safe_open
 from vjepa_fast.config import VJEPA2Config
 from vjepa_fast.extract import ExtractConfig, extract, iter_features, load_features, main
 from vjepa_fast.jobs.extract import write_demo_video
-from vjepa_fast.jobs.extract_data import list_inputs
+from vjepa_fast.jobs.extract_data import ShardWriter, list_inputs
 from vjepa_fast.model import VJEPA2Model
 from vjepa_fast.video import ClipSampling, ProcessorConfig, VideoProcessor, load_clip
 
@@ -212,24 +213,53 @@ def test_manifest_reads_with_pyarrow(tmp_path, tiny_checkpoint, folder):
         assert list(f.get_slice(row["key"]).get_shape()) == [int(n) for n in row["shape"].split("x")]
 
 
+def test_shard_writer_streams_features_to_disk_and_safetensors_reads_them(tmp_path):
+    """Features go to the shard's temporary file as they come (the writer keeps no tensor), and
+    the shard is a safetensors file its own reader takes: tensors of every feature dtype, the
+    manifest rows in the metadata, a failure-only shard with no tensors."""
+    from safetensors.torch import load_file
+    writer = ShardWriter(tmp_path, 0, limit_bytes=2**30, limit_clips=5)
+    clips = {f"v{i}": torch.randn(3, 5 + i).to(dtype) for i, dtype in
+             enumerate([torch.float32, torch.bfloat16, torch.float16, torch.float32])}
+    for key, features in clips.items():
+        copy = features.clone()
+        alive = weakref.ref(copy)
+        writer.add({"key": key, "last": True}, copy)
+        del copy
+        assert alive() is None  # on disk, not held
+    writer.add({"key": "broken", "last": True, "status": "failed"}, None)  # no features: not a clip
+    writer.flush()
+    assert load_file(tmp_path / "shard-r000-00000.safetensors").keys() == clips.keys()
+    for key, got in load_file(tmp_path / "shard-r000-00000.safetensors").items():
+        assert got.dtype == clips[key].dtype and torch.equal(got, clips[key])
+    with safe_open(str(tmp_path / "shard-r000-00000.safetensors"), "pt") as f:
+        rows = json.loads(f.metadata()["rows"])
+    assert [r["key"] for r in rows] == [*clips, "broken"] and rows[0]["shape"] == "3x5"
+    writer.add({"key": "late", "last": True, "status": "failed"}, None)
+    writer.flush()
+    assert load_file(tmp_path / "shard-r000-00001.safetensors") == {}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-r000-00000.safetensors",
+                                                          "shard-r000-00001.safetensors"]
+
+
 # An extraction in its own process whose third shard write stops half-way through the file (the
 # first half written to the temporary file, then it waits to be killed); the test kills it there.
 KILLED_MID_SHARD = """
 import json, sys, time
-import safetensors.torch
 import torch
 from vjepa_fast.extract import ExtractConfig, extract
+from vjepa_fast.jobs.extract_data import ShardWriter
 torch.set_num_threads(int(sys.argv[2]))  # the test process's: the same kernels, the same bits
-real_save, saves = safetensors.torch.save_file, []
-def save_and_hang(tensors, path, metadata=None):
-    saves.append(path)
-    real_save(tensors, path, metadata=metadata)
-    if len(saves) == 3:
+real_write, writes = ShardWriter.write, []
+def write_and_hang(self, path):
+    writes.append(path)
+    real_write(self, path)
+    if len(writes) == 3:
         data = open(path, "rb").read()
         open(path, "wb").write(data[: len(data) // 2])
         print("mid-write", flush=True)
         time.sleep(600)
-safetensors.torch.save_file = save_and_hang
+ShardWriter.write = write_and_hang
 extract(ExtractConfig(**json.loads(sys.argv[1])))
 """
 
@@ -252,11 +282,11 @@ def test_kill_9_mid_shard_loses_only_that_shard_and_resume_completes(tmp_path, t
     out = tmp_path / "killed"
     assert sorted(p.name for p in out.glob("shard-*")) == ["shard-r000-00000.safetensors",
                                                            "shard-r000-00001.safetensors"]
-    partial = [p for p in out.iterdir() if p.name.startswith(".shard-")]
-    assert len(partial) == 1 and not (out / "manifest.csv").exists()
+    partial = [p for p in out.iterdir() if p.name.startswith(".shard-r000-00002.safetensors.")]
+    assert len(partial) == 2 and not (out / "manifest.csv").exists()  # the streamed features, the half-written shard
     assert len(load_features(out)) == 2  # the two finished shards read whole
     rows = extract(killed)
-    assert not partial[0].exists() and len(rows) == 6
+    assert not any(p.exists() for p in partial) and len(rows) == 6
     assert len(list(out.glob("shard-*"))) == 6  # the 2 finished clips were not extracted again
     resumed, uninterrupted = load_features(out), load_features(tmp_path / "whole")
     assert sorted(resumed) == sorted(uninterrupted)

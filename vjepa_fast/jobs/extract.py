@@ -17,7 +17,9 @@ through the final LayerNorm as Meta's evaluations take them; --pool mean: (D,) o
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -167,7 +169,7 @@ def encode(model: VJEPA2Model, clips: list[Tensor], config: ExtractConfig, devic
         if config.pool == "mean":
             h = h.float().mean(dim=-2)
         h = h.to(DTYPES[config.feature_dtype]).cpu()
-    return [f.clone() for f in h]  # each its own storage: a shard holds only its clips
+    return [f.clone() for f in h]  # each its own storage: a clip kept by a caller does not keep the batch
 
 
 def clips_with_features(config: ExtractConfig, model: VJEPA2Model, device: torch.device, videos: list[Video],
@@ -190,8 +192,24 @@ def clips_with_features(config: ExtractConfig, model: VJEPA2Model, device: torch
         if len(batch) == config.batch_size:
             yield from zip([r for r, _ in batch], encode(model, [f for _, f in batch], config, device))
             batch = []
+            hand_back_freed_memory()
     if batch:
         yield from zip([r for r, _ in batch], encode(model, [f for _, f in batch], config, device))
+
+
+@functools.cache
+def _malloc_trim():
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+
+def hand_back_freed_memory() -> None:
+    """glibc keeps the pages of the encoder's freed temporaries and lays the next batch's out
+    beside them, so the peak RSS would creep up batch after batch (small layout on a CPU: +30 to
+    +55 % from 10 to 100 videos); malloc_trim hands them back (a millisecond). A no-op where the
+    C library has no malloc_trim."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _one_thread(_worker: int) -> None:

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import shutil
+import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import torch
 from torch import Tensor
@@ -24,6 +28,7 @@ from vjepa_fast.video import ClipSampling, ProcessorConfig, VideoProcessor, fram
 
 MANIFEST_COLUMNS = ("key", "video", "path", "window", "windows", "start_frame", "start_time", "fps",
                     "frame_indices", "shape", "shard", "status", "error")
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 
 
 @dataclass(frozen=True)
@@ -157,15 +162,17 @@ def progress(rows: list[dict]) -> tuple[set[str], set[str]]:
 
 
 class ShardWriter:
-    """Collects (row, features) and writes a shard whenever its tensors pass limit_bytes or it
-    holds limit_clips clips: the memory held is bounded whatever the number of videos, and so is
-    the work a kill can lose."""
+    """Streams each clip's features to a temporary file in OUT as they come, and writes the shard
+    (safetensors' header, then those bytes) once they pass limit_bytes or it holds limit_clips
+    clips: no features are held in memory whatever the shard size, and a kill loses only the
+    shard being filled (its temporary file is removed when the run resumes)."""
 
     def __init__(self, out: Path, rank: int, limit_bytes: int, limit_clips: int):
         self.out, self.rank, self.limit, self.limit_clips = out, rank, limit_bytes, limit_clips
         numbers = [int(p.stem.rsplit("-", 1)[1]) for p in out.glob(f"shard-r{rank:03d}-*.safetensors")]
         self.number = max(numbers, default=-1) + 1
-        self.tensors: dict[str, Tensor] = {}
+        self.spill: BinaryIO | None = None
+        self.header: dict[str, dict] = {}  # key -> safetensors' dtype, shape and data_offsets
         self.rows: list[dict] = []
         self.bytes = 0
 
@@ -176,21 +183,38 @@ class ShardWriter:
     def add(self, row: dict, features: Tensor | None) -> None:
         row = {k: v for k, v in row.items() if k != "last"}
         if features is not None:
-            self.tensors[row["key"]] = features
-            self.bytes += features.numel() * features.element_size()
+            if self.spill is None:
+                self.spill = tempfile.NamedTemporaryFile(dir=self.out, prefix=f".{self.name}.", delete=False)
+            data = features.contiguous().view(torch.uint8).numpy()
+            self.header[row["key"]] = {"dtype": SAFETENSORS_DTYPES[features.dtype], "shape": list(features.shape),
+                                       "data_offsets": [self.bytes, self.bytes + data.nbytes]}
+            self.spill.write(data)
+            self.bytes += data.nbytes
             row.update(shape="x".join(map(str, features.shape)), shard=self.name)
         self.rows.append(row)
-        if self.bytes >= self.limit or len(self.tensors) >= self.limit_clips:
+        if self.bytes >= self.limit or len(self.header) >= self.limit_clips:
             self.flush()
 
     def flush(self) -> None:
         if not self.rows:
             return
-        from safetensors.torch import save_file
-        tensors, metadata = self.tensors, {"rows": json.dumps(self.rows)}
-        atomic_write(self.out / self.name, lambda p: save_file(tensors, p, metadata=metadata))
+        atomic_write(self.out / self.name, self.write)
+        if self.spill is not None:
+            self.spill.close()
+            os.unlink(self.spill.name)
         self.number += 1
-        self.tensors, self.rows, self.bytes = {}, [], 0
+        self.spill, self.header, self.rows, self.bytes = None, {}, [], 0
+
+    def write(self, path: str) -> None:
+        """The shard being filled as a safetensors file: 8-byte header length, JSON header (the
+        manifest rows in its metadata, padded to 8 bytes), the tensors' bytes."""
+        header = json.dumps({"__metadata__": {"rows": json.dumps(self.rows)}, **self.header}).encode()
+        header += b" " * (-len(header) % 8)
+        with open(path, "wb") as f:
+            f.write(struct.pack("<Q", len(header)) + header)
+            if self.spill is not None:
+                self.spill.seek(0)
+                shutil.copyfileobj(self.spill, f, 2**24)
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:
