@@ -117,8 +117,9 @@ def test_extract_peak_rss_is_flat_in_the_number_of_videos(benchmark, setup, laye
     """Default flags (the last layer, 0.75 MiB a video) and every block's features (--layers
     1..12, 9 MiB a video: a run that held them would grow by about 800 MiB from 10 to 100
     videos). The shards stream to disk and freed pages go back after each batch, so what is left
-    is glibc's allocator keeping a few freed blocks: the bound is a tenth of what holding the
-    features would add, and the default flags' growth is reported in percent."""
+    is glibc's allocator keeping some freed blocks of each batch's temporaries (with every layer,
+    a batch stacks 75 MiB of them): the bound is a fifth of what holding the features would add,
+    and the default flags' growth is reported in percent."""
     name, root, *_ = setup
     if name == "tiny":
         pytest.skip("peak RSS is measured with the small layout")
@@ -160,4 +161,4 @@ def test_extract_peak_rss_is_flat_in_the_number_of_videos(benchmark, setup, laye
           f"{peaks['100']['worker']:.0f}: {growth:+.0f} MiB ({100 * growth / peaks['10']['main']:+.1f} %), where "
           f"holding the 90 videos' features would add {held:.0f} MiB ({name} layout)")
     if layers == "all":
-        assert growth < held / 10
+        assert growth < held / 5

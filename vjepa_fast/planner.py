@@ -293,14 +293,30 @@ class Episode:
     plan_seconds: list[float] = field(default_factory=list)  # wall time of each plan
     energies: list[Tensor] = field(default_factory=list)     # (iterations, N) per plan
 
+    @classmethod
+    def begin(cls, env, seed: int) -> tuple[Episode, dict]:
+        """Resets env with seed; returns the new episode and the first observation."""
+        obs, info = env.reset(seed)
+        return cls(False, 0, [info["distance"]], [obs["image"]]), obs
+
+    def step(self, env, action: np.ndarray, plan_start: float) -> tuple[dict, bool]:
+        """Executes `action` (planned since perf_counter() was plan_start) and records what
+        follows; returns the observation and whether the episode is over."""
+        self.plan_seconds.append(time.perf_counter() - plan_start)
+        obs, _, terminated, truncated, info = env.step(action)
+        self.steps += 1
+        self.distances.append(info["distance"])
+        self.frames.append(obs["image"])
+        self.success = bool(info["success"])
+        return obs, terminated or truncated
+
 
 def mpc_episode(env, encode, planner: CEMPlanner | None, seed: int, generator: torch.Generator) -> Episode:
     """Runs one episode: plan, execute the first action, observe, re-plan, until the env says
     terminated (success) or truncated. `encode(frame (H, W, 3) uint8) -> (P, D_enc)` layer-normed
     features. planner=None executes uniform random xyz steps of at most 5 cm per axis (the baseline)."""
-    obs, info = env.reset(seed)
+    ep, obs = Episode.begin(env, seed)
     goal = encode(env.goal_image()) if planner is not None else None
-    ep = Episode(False, 0, [info["distance"]], [obs["image"]])
     done = False
     while not done:
         start = time.perf_counter()
@@ -310,13 +326,7 @@ def mpc_episode(env, encode, planner: CEMPlanner | None, seed: int, generator: t
             result = planner.plan(encode(obs["image"]), torch.from_numpy(obs["state"]), goal, generator)
             action = result.actions[0]
             ep.energies.append(result.energies)
-        ep.plan_seconds.append(time.perf_counter() - start)
-        obs, _, terminated, truncated, info = env.step(action.numpy().astype(np.float64))
-        ep.steps += 1
-        ep.distances.append(info["distance"])
-        ep.frames.append(obs["image"])
-        ep.success = bool(info["success"])
-        done = terminated or truncated
+        obs, done = ep.step(env, action.numpy().astype(np.float64), start)
     return ep
 
 

@@ -192,9 +192,8 @@ def oracle_episode(env, seed: int) -> Episode:
     goal, down, then along that line (re-aimed every step)."""
     from vjepa_fast.worlds.fetch import MAX_DELTA, TRACKING
     step = MAX_DELTA * TRACKING
-    obs, info = env.reset(seed)
+    ep, obs = Episode.begin(env, seed)
     u = env.env.unwrapped
-    ep = Episode(False, 0, [info["distance"]], [obs["image"]])
     aligned, done = False, False
     while not done:
         start = time.perf_counter()
@@ -213,13 +212,7 @@ def oracle_episode(env, seed: int) -> Episode:
                 delta = line * min(step, np.linalg.norm((u.goal - obj)[:2])) + np.array([0.0, 0.0, obj[2] - ee[2]])
         action = np.zeros(7)
         action[:3] = np.clip(delta, -step, step)
-        ep.plan_seconds.append(time.perf_counter() - start)
-        obs, _, terminated, truncated, info = env.step(action)
-        ep.steps += 1
-        ep.distances.append(info["distance"])
-        ep.frames.append(obs["image"])
-        ep.success = bool(info["success"])
-        done = terminated or truncated
+        obs, done = ep.step(env, action, start)
     return ep
 
 
