@@ -6,8 +6,8 @@
 
 VIDEO arguments are files, folders (searched recursively) or CSV/text lists (first column a
 path). DataLoader workers decode and crop; the model encodes batches of clips. OUT gets
-shard-r<rank>-<n>.safetensors files (each written atomically, at most --shard-size-mb of
-features held in memory) and manifest.csv (key, video, path, window, start frame and time,
+shard-r<rank>-<n>.safetensors files (each written atomically once it holds --shard-size-mb
+of features, streamed to disk as they come) and manifest.csv (key, video, path, window, start frame and time,
 frame indices, fps, shape, shard, status, error). A video that cannot be read is listed with
 its error and skipped. The same command again resumes: what the shards hold is skipped. Under
 torchrun each rank takes every WORLD_SIZE-th video and rank 0 writes the manifest.
