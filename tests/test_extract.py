@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -86,6 +87,31 @@ def test_extract_matches_get_vision_features(tmp_path, tiny_checkpoint, folder):
         assert row["frame_indices"] == "0 2 4 6" and float(row["fps"]) == 8 and row["status"] == "ok"
         assert row["shape"] == "32x192" and (out / row["shard"]).is_file() and row["path"].endswith(".mp4")
     assert json.loads((out / "extract_config.json").read_text())["model"] == str(directory)
+
+
+def test_cpu_batches_are_split_over_single_threaded_encoders(tiny_checkpoint, monkeypatch):
+    """On the CPU a batch's clips go to torch.get_num_threads() threads at once, each running
+    torch with one thread; the features come back in order and the thread count is restored."""
+    from vjepa_fast.jobs import extract as job
+    _, model = tiny_checkpoint
+    clips = [torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8) for _ in range(5)]
+    cfg = ExtractConfig(videos=["x"], model="x", num_frames=4, progress=False)
+    alone = [job.encode(model, [clip], cfg, torch.device("cpu"))[0] for clip in clips]
+    seen, encode = [], job.encode
+    monkeypatch.setattr(job, "encode", lambda *a: seen.append((threading.current_thread().name,
+                                                                  torch.get_num_threads(), len(a[1]))) or encode(*a))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with job.batch_encoder(model, cfg, torch.device("cpu")) as encode_batch:
+            features = encode_batch(clips)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(n for _, n, _ in seen) == [1, 1, 1] and sorted(size for *_, size in seen) == [1, 2, 2]
+    assert all(name.startswith("encode") for name, *_ in seen)  # not the calling thread
+    for got, expected in zip(features, alone, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_fps_sampling_through_cli(tmp_path, tiny_checkpoint):

@@ -17,6 +17,7 @@ through the final LayerNorm as Meta's evaluations take them; --pool mean: (D,) o
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import functools
@@ -25,9 +26,10 @@ import logging
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -183,18 +185,44 @@ def clips_with_features(config: ExtractConfig, model: VJEPA2Model, device: torch
     loader = DataLoader(ClipStream(videos, windows, done, finished, where), batch_size=None, num_workers=workers,
                         pin_memory=device.type == "cuda", worker_init_fn=_one_thread,
                         prefetch_factor=max(2, 2 * config.batch_size // workers) if workers else None)
-    batch = []
-    for row, frames in loader:
-        if frames is None:
-            yield row, None
-            continue
-        batch.append((row, frames))
-        if len(batch) == config.batch_size:
-            yield from zip([r for r, _ in batch], encode(model, [f for _, f in batch], config, device))
-            batch = []
-            hand_back_freed_memory()
-    if batch:
-        yield from zip([r for r, _ in batch], encode(model, [f for _, f in batch], config, device))
+    with batch_encoder(model, config, device) as encode_batch:
+        batch = []
+        for row, frames in loader:
+            if frames is None:
+                yield row, None
+                continue
+            batch.append((row, frames))
+            if len(batch) == config.batch_size:
+                yield from zip([r for r, _ in batch], encode_batch([f for _, f in batch]))
+                batch = []
+                hand_back_freed_memory()
+        if batch:
+            yield from zip([r for r, _ in batch], encode_batch([f for _, f in batch]))
+
+
+@contextlib.contextmanager
+def batch_encoder(model: VJEPA2Model, config: ExtractConfig,
+                  device: torch.device) -> Iterator[Callable[[list[Tensor]], list[Tensor]]]:
+    """encode for a batch of clips. On the CPU its clips are split over torch.get_num_threads()
+    threads, each encoding its share single-threaded (torch is set to one thread meanwhile, and
+    back after): one multi-threaded forward would keep every core busy between its operations
+    (OpenMP threads spin while they wait), cores the decoding workers need, and would make its
+    threads wait on each other at every operation."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield lambda clips: encode(model, clips, config, device)
+        return
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="encode") as pool:
+            def encode_batch(clips: list[Tensor]) -> list[Tensor]:
+                size = -(-len(clips) // threads)
+                shares = pool.map(lambda i: encode(model, clips[i:i + size], config, device),
+                                  range(0, len(clips), size))
+                return [features for share in shares for features in share]
+            yield encode_batch
+    finally:
+        torch.set_num_threads(threads)
 
 
 @functools.cache
