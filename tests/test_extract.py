@@ -89,27 +89,31 @@ def test_extract_matches_get_vision_features(tmp_path, tiny_checkpoint, folder):
     assert json.loads((out / "extract_config.json").read_text())["model"] == str(directory)
 
 
-def test_cpu_batches_are_split_over_single_threaded_encoders(tiny_checkpoint, monkeypatch):
-    """On the CPU a batch's clips go to torch.get_num_threads() threads at once, each running
-    torch with one thread; the features come back in order and the thread count is restored."""
+@pytest.mark.parametrize("threads, batch_size, shares", [(3, 5, [(1, 2), (1, 2), (1, 1)]),
+                                                       (4, 2, [(2, 1)] * 5),
+                                                       (2, 1, [(2, 1)] * 5)])
+def test_cpu_batches_are_split_over_threads(tiny_checkpoint, monkeypatch, threads, batch_size, shares):
+    """On the CPU a batch goes to min(threads, batch size) threads at once, each running torch
+    with its part of the threads; the features come back in order and the thread count is
+    restored. A batch size of 1 keeps every thread for its clip."""
     from vjepa_fast.jobs import extract as job
     _, model = tiny_checkpoint
     clips = [torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8) for _ in range(5)]
-    cfg = ExtractConfig(videos=["x"], model="x", num_frames=4, progress=False)
+    cfg = ExtractConfig(videos=["x"], model="x", num_frames=4, batch_size=batch_size, progress=False)
     alone = [job.encode(model, [clip], cfg, torch.device("cpu"))[0] for clip in clips]
     seen, encode = [], job.encode
     monkeypatch.setattr(job, "encode", lambda *a: seen.append((threading.current_thread().name,
                                                                   torch.get_num_threads(), len(a[1]))) or encode(*a))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         with job.batch_encoder(model, cfg, torch.device("cpu")) as encode_batch:
-            features = encode_batch(clips)
-        assert torch.get_num_threads() == 3
+            features = [f for i in range(0, 5, batch_size) for f in encode_batch(clips[i:i + batch_size])]
+        assert torch.get_num_threads() == threads
     finally:
-        torch.set_num_threads(threads)
-    assert sorted(n for _, n, _ in seen) == [1, 1, 1] and sorted(size for *_, size in seen) == [1, 2, 2]
-    assert all(name.startswith("encode") for name, *_ in seen)  # not the calling thread
+        torch.set_num_threads(before)
+    assert sorted((n, size) for _, n, size in seen) == sorted(shares)
+    assert all(name.startswith("encode") == (batch_size > 1) for name, *_ in seen)  # not the calling thread
     for got, expected in zip(features, alone, strict=True):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 

@@ -203,23 +203,24 @@ def clips_with_features(config: ExtractConfig, model: VJEPA2Model, device: torch
 @contextlib.contextmanager
 def batch_encoder(model: VJEPA2Model, config: ExtractConfig,
                   device: torch.device) -> Iterator[Callable[[list[Tensor]], list[Tensor]]]:
-    """encode for a batch of clips. On the CPU its clips are split over torch.get_num_threads()
-    threads, each encoding its share single-threaded (torch is set to one thread meanwhile, and
-    back after): one multi-threaded forward would keep every core busy between its operations
-    (OpenMP threads spin while they wait), cores the decoding workers need, and would make its
-    threads wait on each other at every operation."""
+    """encode for a batch of clips. On the CPU a batch is split into min(torch.get_num_threads(),
+    --batch-size) shares encoded at once, each by a thread running torch with an equal part of
+    the threads (torch is set so meanwhile, and back after): one forward on every thread would
+    keep every core busy between its operations (OpenMP threads spin while they wait), cores the
+    decoding workers need, and would make its threads wait on each other at every operation."""
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
+    shares = min(threads, config.batch_size)
+    if device.type != "cpu" or shares == 1:
         yield lambda clips: encode(model, clips, config, device)
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads // shares)  # before the pool's threads start: they take it at their first op
     try:
-        with ThreadPoolExecutor(threads, thread_name_prefix="encode") as pool:
+        with ThreadPoolExecutor(shares, thread_name_prefix="encode") as pool:
             def encode_batch(clips: list[Tensor]) -> list[Tensor]:
-                size = -(-len(clips) // threads)
-                shares = pool.map(lambda i: encode(model, clips[i:i + size], config, device),
-                                  range(0, len(clips), size))
-                return [features for share in shares for features in share]
+                size = -(-len(clips) // shares)
+                parts = pool.map(lambda i: encode(model, clips[i:i + size], config, device),
+                                 range(0, len(clips), size))
+                return [features for part in parts for features in part]
             yield encode_batch
     finally:
         torch.set_num_threads(threads)
