@@ -205,25 +205,26 @@ def batch_encoder(model: VJEPA2Model, config: ExtractConfig,
                   device: torch.device) -> Iterator[Callable[[list[Tensor]], list[Tensor]]]:
     """encode for a batch of clips. On the CPU a batch is split into min(torch.get_num_threads(),
     --batch-size) shares encoded at once, each by a thread running torch with an equal part of
-    the threads (torch is set so meanwhile, and back after): one forward on every thread would
-    keep every core busy between its operations (OpenMP threads spin while they wait), cores the
-    decoding workers need, and would make its threads wait on each other at every operation."""
+    the threads: one forward on every thread would keep every core busy between its operations
+    (OpenMP threads spin while they wait), cores the decoding workers need, and would make its
+    threads wait on each other at every operation. The caller's thread count stays as it was."""
     threads = torch.get_num_threads()
     shares = min(threads, config.batch_size)
     if device.type != "cpu" or shares == 1:
         yield lambda clips: encode(model, clips, config, device)
         return
-    torch.set_num_threads(threads // shares)  # before the pool's threads start: they take it at their first op
-    try:
-        with ThreadPoolExecutor(shares, thread_name_prefix="encode") as pool:
-            def encode_batch(clips: list[Tensor]) -> list[Tensor]:
-                size = -(-len(clips) // shares)
-                parts = pool.map(lambda i: encode(model, clips[i:i + size], config, device),
-                                 range(0, len(clips), size))
-                return [features for part in parts for features in part]
-            yield encode_batch
-    finally:
-        torch.set_num_threads(threads)
+
+    def encode_batch(clips: list[Tensor]) -> list[Tensor]:
+        size = -(-len(clips) // shares)
+        torch.set_num_threads(threads // shares)  # what a pool thread takes, for good, at its first op
+        try:
+            parts = pool.map(lambda i: encode(model, clips[i:i + size], config, device), range(0, len(clips), size))
+            return [features for part in parts for features in part]
+        finally:
+            torch.set_num_threads(threads)
+
+    with ThreadPoolExecutor(shares, thread_name_prefix="encode") as pool:
+        yield encode_batch
 
 
 @functools.cache
