@@ -215,6 +215,14 @@ def test_corrupt_file(tmp_path):
         load_clip(tmp_path / "notes.mp4")
 
 
+def test_audio_only_file(tmp_path):
+    from torchcodec.encoders import AudioEncoder
+    tone = torch.sin(torch.arange(16000) / 16000 * 2 * torch.pi * 440)[None]  # (channels, samples)
+    AudioEncoder(tone, sample_rate=16000).to_file(str(tmp_path / "voice.mp4"))
+    with pytest.raises(ValueError, match=r"path: .*voice.mp4 has no video stream \(audio only\?\)"):
+        load_clip(tmp_path / "voice.mp4")
+
+
 def test_directory(tmp_path):
     with pytest.raises(ValueError, match="path: expected a video file"):
         load_clip(tmp_path)

@@ -377,6 +377,8 @@ def open_video(path: str | Path, device: str = "cpu"):
     try:
         return VideoDecoder(str(path), seek_mode="exact", device=device)
     except (RuntimeError, ValueError) as e:
+        if "best video stream is unknown" in str(e):  # FFmpeg found streams, none of them video
+            raise ValueError(f"path: {path} has no video stream (audio only?)") from e
         raise ValueError(f"path: cannot decode {path} as a video: {e}") from e
 
 
