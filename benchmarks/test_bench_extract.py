@@ -2,7 +2,8 @@
 the encoder, features streamed to shards) against the loop a user writes with transformers today
 (torchcodec decodes, AutoVideoProcessor, VJEPA2Model.get_vision_features, one video at a time,
 features kept in a dict), same weights, same files, same precision, timed in alternating rounds
-of one test; and the peak RSS of `python -m vjepa_fast.extract` on 10 and on 100 videos.
+of one test; and the peak RSS of `python -m vjepa_fast.extract` (and of that loop) on 10 and on
+100 videos.
 
 CPU (fp32): the `tiny` (width 192, 4 blocks, 64 px crop) and `small` (width 384, 12 blocks, 128 px)
 layouts, 32 generated MP4s of 16 frames at 320x240 (noisy, so they decode at about 1 ms a frame,
@@ -111,6 +112,19 @@ print(json.dumps({"main": int(hwm.split()[1]) / 1024,
                   "worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
 
+# The transformers loop of test_extract_throughput in a process of its own, same report.
+REFERENCE_PEAK_RSS = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import transformers
+from test_bench_extract import DEV, transformers_loop
+from pathlib import Path
+model = transformers.VJEPA2Model.from_pretrained(sys.argv[2], attn_implementation="sdpa").eval().to(DEV)
+transformers_loop(model, transformers.AutoVideoProcessor.from_pretrained(sys.argv[2]), Path(sys.argv[3]))
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"main": int(hwm.split()[1]) / 1024, "worker": 0.0}))
+"""
+
 
 @pytest.mark.parametrize("layers", ["last", "all"])
 def test_extract_peak_rss_is_flat_in_the_number_of_videos(benchmark, setup, layers):
@@ -137,17 +151,24 @@ def test_extract_peak_rss_is_flat_in_the_number_of_videos(benchmark, setup, laye
     video_mib = (depth if layers == "all" else 1) * tokens * layout["hidden_size"] * 4 / 2**20
     peaks = {}
 
+    def peak(program: str, *argv: str) -> dict:
+        done = subprocess.run([sys.executable, "-c", program, *argv], check=True, capture_output=True, text=True,
+                              cwd=root)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
     def run(folder: Path) -> dict:
         argv = [str(folder), "--model", str(root / "ckpt"), "--out", str(root / f"rss-{layers}-{folder.name}"),
                 "--num-frames", str(FRAMES), "--device", DEV, "--no-progress"]
         if layers == "all":
             argv += ["--layers", ",".join(str(n) for n in range(1, depth + 1))]
-        done = subprocess.run([sys.executable, "-c", PEAK_RSS, json.dumps(argv)], check=True, capture_output=True,
-                              text=True, cwd=root)
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return peak(PEAK_RSS, json.dumps(argv))
 
     def measure():
         peaks["10"], peaks["100"] = run(few), run(many)
+        if layers == "last":  # the loop of test_extract_throughput, which keeps every feature tensor
+            here = str(Path(__file__).parent)
+            peaks["reference 10"], peaks["reference 100"] = (peak(REFERENCE_PEAK_RSS, here, str(root / "ckpt"),
+                                                                  str(folder)) for folder in (few, many))
 
     benchmark.group = f"extract-rss-{name}-{DEV}"
     benchmark.pedantic(measure, rounds=1, iterations=1)
@@ -160,5 +181,13 @@ def test_extract_peak_rss_is_flat_in_the_number_of_videos(benchmark, setup, laye
           f"{peaks['10']['main']:.0f} / {peaks['10']['worker']:.0f}, 100 videos {peaks['100']['main']:.0f} / "
           f"{peaks['100']['worker']:.0f}: {growth:+.0f} MiB ({100 * growth / peaks['10']['main']:+.1f} %), where "
           f"holding the 90 videos' features would add {held:.0f} MiB ({name} layout)")
+    if layers == "last":
+        reference = peaks["reference 100"]["main"] - peaks["reference 10"]["main"]
+        benchmark.extra_info.update(reference_rss_mib_10_videos=peaks["reference 10"]["main"],
+                                    reference_rss_mib_100_videos=peaks["reference 100"]["main"],
+                                    reference_rss_growth_mib=reference)
+        print(f"the transformers loop: 10 videos {peaks['reference 10']['main']:.0f}, 100 videos "
+              f"{peaks['reference 100']['main']:.0f}: {reference:+.0f} MiB "
+              f"({100 * reference / peaks['reference 10']['main']:+.1f} %)")
     if layers == "all":
         assert growth < held / 5
