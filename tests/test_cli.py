@@ -63,6 +63,14 @@ def test_bad_input_while_running_is_one_line(capsys):
     assert e.value.code == "prog: error: data: no such folder"
 
 
+def test_ctrl_c_is_one_line_and_status_130(capsys):
+    def job(config):
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as e:
+        cli.run(job, None, "prog")
+    assert e.value.code == 130 and capsys.readouterr().err == "prog: interrupted\n"
+
+
 @pytest.mark.parametrize("name,message", [("gpu", "must be auto, cpu, cuda or cuda:N"), ("cuda:0", "no CUDA device")])
 def test_device_names_are_checked(name, message):
     import torch

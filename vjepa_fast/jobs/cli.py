@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -90,9 +91,15 @@ def check_fields(config, at_least_1=(), at_least_0=(), numbers=(), choices=None,
 
 def run(job: Callable[[Config], object], config: Config, prog: str):
     """Runs the job; any error (bad data, a bad checkpoint, a diverged run, an unreadable file)
-    ends with one line on stderr and exit status 1, or with its traceback under --debug."""
+    ends with one line on stderr and exit status 1, Ctrl-C with one line and status 130, or
+    either with its traceback under --debug."""
     try:
         return job(config)
+    except KeyboardInterrupt:
+        if _debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as e:
         if _debug:
             raise
