@@ -100,30 +100,31 @@ def test_extract_throughput(benchmark, setup):
     benchmark.extra_info["reference_videos_per_s"] = VIDEOS / (result["reference_ms"] / 1e3)
 
 
-# `python -m vjepa_fast.extract` in a process of its own; prints the peak RSS of its main process
-# (VmHWM: getrusage's ru_maxrss would carry over the forking pytest process's peak through exec)
-# and of its largest decoding worker.
-PEAK_RSS = """
-import json, resource, runpy, sys
-sys.argv = ["vjepa_fast.extract", *json.loads(sys.argv[1])]
-runpy.run_module("vjepa_fast.extract", run_name="__main__")
+# Each run in a process of its own, which then prints the peak RSS of its main process (VmHWM:
+# getrusage's ru_maxrss would carry over the forking pytest process's peak through exec) and of
+# its largest child (a decoding worker; 0 for the transformers loop, which has none).
+REPORT_PEAK_RSS = """
+import json, resource
 hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"main": int(hwm.split()[1]) / 1024,
                   "worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
-
-# The transformers loop of test_extract_throughput in a process of its own, same report.
+# `python -m vjepa_fast.extract`
+PEAK_RSS = """
+import json, runpy, sys
+sys.argv = ["vjepa_fast.extract", *json.loads(sys.argv[1])]
+runpy.run_module("vjepa_fast.extract", run_name="__main__")
+""" + REPORT_PEAK_RSS
+# the transformers loop of test_extract_throughput
 REFERENCE_PEAK_RSS = """
-import json, sys
+import sys
+from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import transformers
 from test_bench_extract import DEV, transformers_loop
-from pathlib import Path
 model = transformers.VJEPA2Model.from_pretrained(sys.argv[2], attn_implementation="sdpa").eval().to(DEV)
 transformers_loop(model, transformers.AutoVideoProcessor.from_pretrained(sys.argv[2]), Path(sys.argv[3]))
-hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"main": int(hwm.split()[1]) / 1024, "worker": 0.0}))
-"""
+""" + REPORT_PEAK_RSS
 
 
 @pytest.mark.parametrize("layers", ["last", "all"])

@@ -214,16 +214,16 @@ def batch_encoder(model: VJEPA2Model, config: ExtractConfig,
         yield lambda clips: encode(model, clips, config, device)
         return
 
-    def encode_batch(clips: list[Tensor]) -> list[Tensor]:
-        size = -(-len(clips) // shares)
-        torch.set_num_threads(threads // shares)  # what a pool thread takes, for good, at its first op
-        try:
-            parts = pool.map(lambda i: encode(model, clips[i:i + size], config, device), range(0, len(clips), size))
-            return [features for part in parts for features in part]
-        finally:
-            torch.set_num_threads(threads)
-
     with ThreadPoolExecutor(shares, thread_name_prefix="encode") as pool:
+        def encode_batch(clips: list[Tensor]) -> list[Tensor]:
+            size = -(-len(clips) // shares)
+            torch.set_num_threads(threads // shares)  # what a pool thread takes, for good, at its first op
+            try:
+                parts = pool.map(lambda i: encode(model, clips[i:i + size], config, device),
+                                 range(0, len(clips), size))
+                return [features for part in parts for features in part]
+            finally:
+                torch.set_num_threads(threads)
         yield encode_batch
 
 
